@@ -1,0 +1,179 @@
+import { homedir } from "node:os";
+import { isIP } from "node:net";
+import { resolve } from "node:path";
+import { isHostname, parseListenAddress, type ListenAddress } from "./address.ts";
+import { usageError } from "./errors.ts";
+
+/** The backend that requests are forwarded to. */
+export interface Upstream {
+  /** Scheme, host and port, as in "http://127.0.0.1:5000". */
+  origin: string;
+  /** The path prefix from -to, "" when -to has none, as in "/app". */
+  basePath: string;
+  /** The query from -to without "?", "" when -to has none. */
+  baseQuery: string;
+}
+
+/** The user's own certificate chain and private key, from -cert and -key. */
+export interface CertificateFiles {
+  certPath: string;
+  keyPath: string;
+}
+
+/** Everything ssl-proxy needs to run, resolved once from flags, environment and defaults. */
+export interface ProxyConfig {
+  /** The HTTPS listener, from -from (default "127.0.0.1:4430"). */
+  listen: ListenAddress;
+  /** The backend, from -to (default "http://127.0.0.1:80"). */
+  upstream: Upstream;
+  /** The user's certificate files from -cert and -key; undefined for a generated certificate. */
+  certificateFiles: CertificateFiles | undefined;
+  /** Names from -domain, lower-cased; empty when -domain is not given. */
+  domains: readonly string[];
+  /** Whether the plain-HTTP listener redirects to HTTPS, from -redirectHTTP (default false). */
+  redirectHTTP: boolean;
+  /** The plain-HTTP listener, from -httpFrom (default ":80"). */
+  httpListen: ListenAddress;
+  /** Folder for generated keys and certificates, from -dataDir, SSL_PROXY_DATA_DIR or ~/.ssl-proxy. */
+  dataDir: string;
+  /** Longest wait for the backend's response headers in ms, from -upstreamTimeout (default 60s); 0 for none. */
+  upstreamTimeoutMs: number;
+  /** Longest wait for open requests at shutdown in ms, from -shutdownTimeout (default 10s). */
+  shutdownTimeoutMs: number;
+}
+
+/** The parsed flag values that resolveConfig reads; every value is the raw string given. */
+export interface FlagValues {
+  from: string;
+  to: string;
+  cert?: string | undefined;
+  key?: string | undefined;
+  domain?: string | undefined;
+  redirectHTTP: boolean;
+  httpFrom: string;
+  dataDir?: string | undefined;
+  upstreamTimeout: string;
+  shutdownTimeout: string;
+}
+
+/** A message for the log, produced while resolving, such as the assumed http:// scheme. */
+export type ConfigNotice = string;
+
+/**
+ * Builds the frozen ProxyConfig from flag values and the environment (flag, then environment,
+ * then default). Throws a usage error, before anything is bound or written, on any bad value.
+ */
+export function resolveConfig(
+  flags: FlagValues,
+  env: Record<string, string | undefined>,
+  notices: ConfigNotice[] = [],
+): Readonly<ProxyConfig> {
+  const config: ProxyConfig = {
+    listen: parseListenAddress("from", flags.from),
+    upstream: parseUpstream(flags.to, notices),
+    certificateFiles: resolveCertificateFiles(flags.cert, flags.key),
+    domains: parseDomains(flags.domain),
+    redirectHTTP: flags.redirectHTTP,
+    httpListen: parseListenAddress("httpFrom", flags.httpFrom),
+    dataDir: resolveDataDir(flags.dataDir, env),
+    upstreamTimeoutMs: parseDuration("upstreamTimeout", flags.upstreamTimeout),
+    shutdownTimeoutMs: parseDuration("shutdownTimeout", flags.shutdownTimeout),
+  };
+  return Object.freeze(config);
+}
+
+/**
+ * Parses -to: `host:port`, `[v6]:port`, or an http(s) URL with an optional path and query.
+ * Without a scheme, http:// is assumed and a notice says so.
+ */
+export function parseUpstream(value: string, notices: ConfigNotice[] = []): Upstream {
+  const expected = `-to must be host:port or an http(s) URL such as http://127.0.0.1:5000, got "${value}"`;
+  let text = value;
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
+    text = `http://${text}`;
+    notices.push(`-to "${value}" has no scheme, so http://${value} is used`);
+  }
+
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw usageError(expected);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw usageError(`${expected} (the scheme must be http or https)`);
+  }
+  if (url.hostname === "") throw usageError(expected);
+  if (url.username !== "" || url.password !== "") {
+    throw usageError(`-to must not contain a user name or password, got "${value}"`);
+  }
+  if (url.hash !== "") {
+    throw usageError(`-to must not contain a "#" fragment, got "${value}"`);
+  }
+  if (!/^(\[[^\]]*\]|[^/?#:]*)(:\d{1,5})?$/.test(authorityOf(text))) {
+    throw usageError(`${expected} (the port must be a number)`);
+  }
+
+  return {
+    origin: url.origin,
+    basePath: url.pathname === "/" ? "" : url.pathname,
+    baseQuery: url.search.slice(1),
+  };
+}
+
+function authorityOf(url: string): string {
+  const start = url.indexOf("//") + 2;
+  const end = url.slice(start).search(/[/?#]/);
+  return end === -1 ? url.slice(start) : url.slice(start, start + end);
+}
+
+function resolveCertificateFiles(cert?: string, key?: string): CertificateFiles | undefined {
+  if (cert === undefined && key === undefined) return undefined;
+  if (cert === undefined || cert === "") {
+    throw usageError(`-key "${key}" needs -cert too: give both -cert FILE and -key FILE, or neither`);
+  }
+  if (key === undefined || key === "") {
+    throw usageError(`-cert "${cert}" needs -key too: give both -cert FILE and -key FILE, or neither`);
+  }
+  return { certPath: resolve(cert), keyPath: resolve(key) };
+}
+
+/** Parses a comma-separated -domain list into lower-case DNS names, rejecting anything a CA would. */
+export function parseDomains(value: string | undefined): string[] {
+  if (value === undefined) return [];
+  const names = value.split(",").map((name) => name.trim().toLowerCase().replace(/\.$/, ""));
+  for (const name of names) {
+    if (name === "") {
+      throw usageError(`-domain has an empty name in "${value}": separate names with single commas`);
+    }
+    if (name.startsWith("*.")) {
+      throw usageError(`-domain "${name}": wildcard names need a DNS challenge, which ssl-proxy does not support`);
+    }
+    if (isIP(name.replace(/^\[|\]$/g, "")) !== 0) {
+      throw usageError(`-domain "${name}" is an IP address: certificate authorities issue only for DNS names`);
+    }
+    if (!isHostname(name) || !name.includes(".")) {
+      throw usageError(`-domain "${name}" is not a valid public DNS name such as vm-1234.example.edu`);
+    }
+  }
+  return [...new Set(names)];
+}
+
+function resolveDataDir(flag: string | undefined, env: Record<string, string | undefined>): string {
+  const dir = flag ?? env.SSL_PROXY_DATA_DIR;
+  if (dir === "") throw usageError(`-dataDir must not be empty`);
+  return resolve(dir ?? `${homedir()}/.ssl-proxy`);
+}
+
+const DURATION_UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Parses a Go-style duration such as "60s", "1m30s" or "500ms" into milliseconds; "0" is 0. */
+export function parseDuration(flag: string, value: string): number {
+  if (value === "0") return 0;
+  const parts = [...value.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)];
+  const covered = parts.map((part) => part[0]).join("");
+  if (parts.length === 0 || covered !== value) {
+    throw usageError(`-${flag} must be a duration such as 30s, 2m or 1500ms, got "${value}"`);
+  }
+  return Math.round(parts.reduce((ms, [, number, unit]) => ms + Number(number) * DURATION_UNITS_MS[unit!]!, 0));
+}

@@ -1,0 +1,49 @@
+/**
+ * Hop-by-hop header fields, which describe one connection and must not be forwarded:
+ * RFC 9110 section 7.6.1 (Connection, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding,
+ * Upgrade) plus Trailer, which Go's httputil and Caddy also drop.
+ */
+export const HOP_BY_HOP_HEADERS = [
+  "connection",
+  "proxy-connection",
+  "keep-alive",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+] as const;
+
+/** Removes the hop-by-hop headers and every header named in `Connection`, in place. */
+export function stripHopByHopHeaders(headers: Headers): void {
+  const connection = headers.get("connection");
+  if (connection) {
+    for (const token of connection.split(",")) {
+      const name = token.trim();
+      if (name !== "") headers.delete(name);
+    }
+  }
+  for (const name of HOP_BY_HOP_HEADERS) headers.delete(name);
+}
+
+/** What the proxy knows about the connection a request came in on. */
+export interface ClientConnection {
+  /** The client's IP address, or undefined when the runtime cannot tell. */
+  address: string | undefined;
+  /** The port the proxy received the request on. */
+  localPort: number;
+}
+
+/**
+ * Sets the de facto forwarding headers: appends the client to X-Forwarded-For and sets
+ * X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-Port from this connection, replacing
+ * any values the client sent for those three.
+ */
+export function setForwardedHeaders(headers: Headers, host: string, client: ClientConnection): void {
+  if (client.address !== undefined) {
+    const prior = headers.get("x-forwarded-for");
+    headers.set("x-forwarded-for", prior ? `${prior}, ${client.address}` : client.address);
+  }
+  headers.set("x-forwarded-proto", "https");
+  headers.set("x-forwarded-host", host);
+  headers.set("x-forwarded-port", String(client.localPort));
+}

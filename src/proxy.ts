@@ -1,0 +1,138 @@
+import type { ConsolaInstance } from "consola";
+import type { Upstream } from "./config.ts";
+import { setForwardedHeaders, stripHopByHopHeaders, type ClientConnection } from "./headers.ts";
+import type { UpstreamClient } from "./upstream.ts";
+
+/** A runtime-neutral request handler: a web Request in, a Response out. */
+export type ProxyHandler = (req: Request, client: ClientConnection) => Promise<Response>;
+
+/** Settings for createProxyHandler. */
+export interface ProxyOptions {
+  upstream: Upstream;
+  client: UpstreamClient;
+  /** Longest wait for the backend's response headers in ms; 0 for none. */
+  upstreamTimeoutMs: number;
+  log: ConsolaInstance;
+}
+
+/** Creates the handler that forwards each request to the backend and streams the answer back. */
+export function createProxyHandler(options: ProxyOptions): ProxyHandler {
+  const { upstream, client, upstreamTimeoutMs, log } = options;
+
+  return async (req, connection) => {
+    const host = req.headers.get("host");
+    if (!host || host.includes(",")) {
+      return textResponse(400, "Bad Request: the request needs exactly one Host header");
+    }
+    const target = requestTarget(req.url);
+    const url = joinUpstreamURL(upstream, target);
+
+    const headers = new Headers(req.headers);
+    stripHopByHopHeaders(headers);
+    normalizeRequestHeaders(headers);
+    setForwardedHeaders(headers, host, connection);
+
+    const deadline = new AbortController();
+    const timer = upstreamTimeoutMs > 0 ? setTimeout(() => deadline.abort(), upstreamTimeoutMs) : undefined;
+    let res: Response;
+    try {
+      res = await client(url, {
+        method: req.method,
+        headers,
+        body: req.method === "GET" || req.method === "HEAD" ? null : req.body,
+        signal: AbortSignal.any([req.signal, deadline.signal]),
+      });
+    } catch (error) {
+      return failureResponse(error, { req, target, upstream, timedOut: deadline.signal.aborted, log });
+    } finally {
+      clearTimeout(timer);
+    }
+
+    const responseHeaders = new Headers(res.headers);
+    stripHopByHopHeaders(responseHeaders);
+    return new Response(res.body, { status: res.status, headers: responseHeaders });
+  };
+}
+
+/**
+ * Returns the path and query of a request URL exactly as the runtime passed it on.
+ * The URL is not parsed again, because parsing would resolve "." and ".." segments.
+ */
+export function requestTarget(url: string): string {
+  if (url.startsWith("/")) return url;
+  const pathStart = url.indexOf("/", url.indexOf("//") + 2);
+  return pathStart === -1 ? "/" : url.slice(pathStart);
+}
+
+/**
+ * Joins the backend's base path and query with the request's: the paths with exactly one
+ * slash between them, the queries with "&", as Go's httputil.NewSingleHostReverseProxy does.
+ */
+export function joinUpstreamURL(upstream: Upstream, target: string): string {
+  const queryStart = target.indexOf("?");
+  const path = queryStart === -1 ? target : target.slice(0, queryStart);
+  const query = queryStart === -1 ? "" : target.slice(queryStart + 1);
+
+  const base = upstream.basePath;
+  let joinedPath = base + path;
+  if (base.endsWith("/") && path.startsWith("/")) joinedPath = base + path.slice(1);
+  else if (base !== "" && !base.endsWith("/") && !path.startsWith("/")) joinedPath = `${base}/${path}`;
+
+  const joinedQuery = upstream.baseQuery === "" || query === "" ? upstream.baseQuery + query : `${upstream.baseQuery}&${query}`;
+  return upstream.origin + joinedPath + (joinedQuery === "" ? "" : `?${joinedQuery}`);
+}
+
+function normalizeRequestHeaders(headers: Headers): void {
+  // The front end has already answered "100 Continue" itself, so the backend must not wait for one.
+  headers.delete("expect");
+  // Bun.serve merges two identical Content-Length headers into "3, 3", which fetch rejects.
+  const length = headers.get("content-length");
+  if (length?.includes(",")) headers.set("content-length", length.split(",")[0]!.trim());
+}
+
+interface FailureContext {
+  req: Request;
+  target: string;
+  upstream: Upstream;
+  timedOut: boolean;
+  log: ConsolaInstance;
+}
+
+function failureResponse(error: unknown, context: FailureContext): Response {
+  const { req, target, upstream, timedOut, log } = context;
+  const request = `${req.method} ${target}`;
+  if (timedOut) {
+    log.error(`${request}: ${upstream.origin} sent no response headers in time (raise -upstreamTimeout if the app is slow)`);
+    return textResponse(504, "Gateway Timeout: the app behind ssl-proxy did not answer in time");
+  }
+  if (req.signal.aborted) {
+    log.debug(`${request}: the client closed the connection before ${upstream.origin} answered`);
+    return textResponse(499, "Client Closed Request");
+  }
+  log.error(`${request}: cannot reach ${upstream.origin}: ${describeConnectError(error)}`);
+  return textResponse(502, "Bad Gateway: ssl-proxy could not get an answer from the app behind it");
+}
+
+/** Describes why a connection to the backend failed, in words a user can act on. */
+export function describeConnectError(error: unknown): string {
+  const code = (error as { code?: string }).code;
+  switch (code) {
+    case "ECONNREFUSED":
+      return "connection refused (is the app running and listening on that address?)";
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+      return "host name not found (check the host in -to)";
+    case "ECONNRESET":
+      return "the app closed the connection";
+    case "ETIMEDOUT":
+      return "connection timed out";
+    default: {
+      const message = error instanceof Error ? error.message : String(error);
+      return code ? `${message} (${code})` : message;
+    }
+  }
+}
+
+function textResponse(status: number, text: string): Response {
+  return new Response(`${text}\n`, { status, headers: { "content-type": "text/plain; charset=utf-8" } });
+}
