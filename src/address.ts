@@ -9,11 +9,16 @@ export interface ListenAddress {
   port: number;
 }
 
-const HOSTNAME_PATTERN = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$/i;
+const HOSTNAME_PATTERN =
+  /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$/i;
 
-/** Tells whether `name` is a syntactically valid DNS host name (RFC 1123 labels). */
+/**
+ * Tells whether `name` is a syntactically valid DNS host name (RFC 1123 labels). The last label
+ * must not be all digits, so "256.1.1.1" and "5000" are rejected instead of read as addresses.
+ */
 export function isHostname(name: string): boolean {
-  return HOSTNAME_PATTERN.test(name);
+  const lastLabel = name.replace(/\.$/, "").split(".").pop() ?? "";
+  return HOSTNAME_PATTERN.test(name) && !/^\d+$/.test(lastLabel);
 }
 
 /**
@@ -44,7 +49,9 @@ export function parseListenAddress(flag: string, value: string): ListenAddress {
 export function parsePort(flag: string, value: string, port: string): number {
   const number = /^\d{1,5}$/.test(port) ? Number(port) : NaN;
   if (!(number <= 65535)) {
-    throw usageError(`-${flag} has an invalid port "${port}" in "${value}": use a number from 1 to 65535`);
+    throw usageError(
+      `-${flag} has an invalid port "${port}" in "${value}": use a number from 0 to 65535, where 0 lets the system choose`,
+    );
   }
   return number;
 }

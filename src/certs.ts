@@ -1,4 +1,10 @@
-import { X509Certificate, createPrivateKey, randomBytes, webcrypto, type KeyObject } from "node:crypto";
+import {
+  X509Certificate,
+  createPrivateKey,
+  randomBytes,
+  webcrypto,
+  type KeyObject,
+} from "node:crypto";
 import { mkdir, readFile, rename, writeFile, chmod } from "node:fs/promises";
 import { isIP } from "node:net";
 import { join } from "node:path";
@@ -11,7 +17,7 @@ export interface CertificateBundle {
   cert: string;
   /** PEM text of the private key. */
   key: string;
-  /** Where the chain is stored on disk. */
+  /** Path of the chain's file on disk. */
   certPath: string;
   /** SHA-256 of the leaf's DER encoding as upper-case hex pairs separated by spaces. */
   fingerprint: string;
@@ -30,7 +36,10 @@ const SELF_SIGNED_RENEW_MS = 24 * 60 * 60 * 1000;
  * Loads the user's certificate chain and key, checking that each file is readable PEM, that
  * the key matches the leaf, and that the leaf is valid now. Throws a UserError naming the file.
  */
-export async function loadCertificateFiles(certPath: string, keyPath: string): Promise<CertificateBundle> {
+export async function loadCertificateFiles(
+  certPath: string,
+  keyPath: string,
+): Promise<CertificateBundle> {
   const cert = await readUserFile("-cert", certPath);
   const key = await readUserFile("-key", keyPath);
   const chain = parseChain(cert, certPath);
@@ -38,24 +47,36 @@ export async function loadCertificateFiles(certPath: string, keyPath: string): P
   const privateKey = parsePrivateKey(key, keyPath);
 
   if (!leaf.checkPrivateKey(privateKey)) {
-    throw new UserError(`-key "${keyPath}" does not match the certificate in -cert "${certPath}": give the key that was made with this certificate`);
+    throw new UserError(
+      `-key "${keyPath}" does not match the certificate in -cert "${certPath}": give the key that was made with this certificate`,
+    );
   }
   const now = Date.now();
   if (Date.parse(leaf.validTo) <= now) {
-    throw new UserError(`-cert "${certPath}" expired on ${new Date(leaf.validTo).toISOString()}: renew the certificate`);
+    throw new UserError(
+      `-cert "${certPath}" expired on ${new Date(leaf.validTo).toISOString()}: renew the certificate`,
+    );
   }
   if (Date.parse(leaf.validFrom) > now) {
-    throw new UserError(`-cert "${certPath}" is not valid before ${new Date(leaf.validFrom).toISOString()}: check the system clock`);
+    throw new UserError(
+      `-cert "${certPath}" is not valid before ${new Date(leaf.validFrom).toISOString()}: check the system clock`,
+    );
   }
   return describeBundle(cert, key, certPath, leaf);
 }
+
+const READ_ERROR_REASONS: Record<string, string> = {
+  ENOENT: "no such file",
+  EACCES: "permission denied",
+  EISDIR: "is a folder",
+};
 
 async function readUserFile(flag: string, path: string): Promise<string> {
   try {
     return await readFile(path, "utf8");
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    const reason = code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : code === "EISDIR" ? "is a folder" : String(error);
+    const code = (error as NodeJS.ErrnoException).code ?? "";
+    const reason = READ_ERROR_REASONS[code] ?? String(error);
     throw new UserError(`cannot read ${flag} "${path}": ${reason}`, { cause: error });
   }
 }
@@ -63,29 +84,44 @@ async function readUserFile(flag: string, path: string): Promise<string> {
 function parseChain(pem: string, path: string): X509Certificate[] {
   const blocks = pem.match(PEM_CERTIFICATE) ?? [];
   if (blocks.length === 0) {
-    throw new UserError(`-cert "${path}" is not a PEM certificate: it must contain "-----BEGIN CERTIFICATE-----"`);
+    throw new UserError(
+      `-cert "${path}" is not a PEM certificate: it must contain "-----BEGIN CERTIFICATE-----"`,
+    );
   }
   return blocks.map((block, index) => {
     try {
       return new X509Certificate(block);
     } catch (error) {
-      throw new UserError(`-cert "${path}": certificate ${index + 1} in the file is not valid PEM`, { cause: error });
+      throw new UserError(
+        `-cert "${path}": certificate ${index + 1} in the file is not valid PEM`,
+        { cause: error },
+      );
     }
   });
 }
 
 function parsePrivateKey(pem: string, path: string): KeyObject {
   if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) {
-    throw new UserError(`-key "${path}" is not a PEM private key: it must contain "-----BEGIN PRIVATE KEY-----" or similar`);
+    throw new UserError(
+      `-key "${path}" is not a PEM private key: it must contain "-----BEGIN PRIVATE KEY-----" or similar`,
+    );
   }
   try {
     return createPrivateKey(pem);
   } catch (error) {
-    throw new UserError(`-key "${path}" is not a valid private key (an encrypted key needs its passphrase removed)`, { cause: error });
+    throw new UserError(
+      `-key "${path}" is not a valid private key (an encrypted key needs its passphrase removed)`,
+      { cause: error },
+    );
   }
 }
 
-function describeBundle(cert: string, key: string, certPath: string, leaf: X509Certificate): CertificateBundle {
+function describeBundle(
+  cert: string,
+  key: string,
+  certPath: string,
+  leaf: X509Certificate,
+): CertificateBundle {
   return {
     cert,
     key,
@@ -109,11 +145,14 @@ export function normalizeName(name: string): string {
 }
 
 /**
- * Returns a self-signed certificate covering `names`, reusing the one stored in `folder` while
- * it is valid for another day and covers every name; otherwise writes a new ECDSA P-256 pair
- * (key 0600, folder 0700). Reuse keeps a browser's security exception valid across restarts.
+ * Returns a self-signed certificate covering `names`. The one stored in `folder` is reused while
+ * it is valid for another day and covers every name, so that a browser's security exception
+ * stays valid across restarts. Otherwise a new ECDSA P-256 pair is written (key 0600, folder 0700).
  */
-export async function ensureSelfSignedCertificate(folder: string, names: readonly string[]): Promise<CertificateBundle & { reused: boolean }> {
+export async function ensureSelfSignedCertificate(
+  folder: string,
+  names: readonly string[],
+): Promise<CertificateBundle & { reused: boolean }> {
   const certPath = join(folder, "cert.pem");
   const keyPath = join(folder, "key.pem");
   const stored = await readStoredPair(certPath, keyPath);
@@ -138,7 +177,11 @@ async function readStoredPair(certPath: string, keyPath: string) {
   }
 }
 
-function isReusable(leaf: X509Certificate, privateKey: KeyObject, names: readonly string[]): boolean {
+function isReusable(
+  leaf: X509Certificate,
+  privateKey: KeyObject,
+  names: readonly string[],
+): boolean {
   const covered = new Set(parseSubjectAltNames(leaf.subjectAltName));
   return (
     Date.parse(leaf.validTo) - Date.now() > SELF_SIGNED_RENEW_MS &&
@@ -155,7 +198,9 @@ async function writeFileAtomically(path: string, text: string, mode: number): Pr
 }
 
 /** Creates a self-signed ECDSA P-256 certificate, valid for one year, for `names`. */
-export async function createSelfSignedCertificate(names: readonly string[]): Promise<{ cert: string; key: string }> {
+export async function createSelfSignedCertificate(
+  names: readonly string[],
+): Promise<{ cert: string; key: string }> {
   const algorithm = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
   const keys = await webcrypto.subtle.generateKey(algorithm, true, ["sign", "verify"]);
   const notBefore = new Date(Date.now() - 60 * 60 * 1000);

@@ -20,31 +20,44 @@ export const FLAGS = {
     type: "string",
     default: "http://127.0.0.1:80",
     valueHint: "url",
-    description: "Backend to forward requests to: host:port or an http(s) URL with an optional path",
+    description:
+      "Backend to forward requests to: host:port or an http(s) URL with an optional path",
   },
-  cert: { type: "string", valueHint: "file", description: "PEM certificate chain to serve, instead of a generated one (needs -key)" },
+  cert: {
+    type: "string",
+    valueHint: "file",
+    description: "PEM certificate chain to serve, instead of a generated one (needs -key)",
+  },
   key: { type: "string", valueHint: "file", description: "PEM private key of -cert (needs -cert)" },
   domain: {
     type: "string",
     valueHint: "names",
-    description: "Public DNS name(s), comma-separated, that the certificate is for; also the -redirectHTTP target",
+    description:
+      "Public DNS name(s), comma-separated, that the certificate is for; also the -redirectHTTP target",
   },
   redirectHTTP: {
     type: "boolean",
     default: false,
     description: "Answer plain HTTP on -httpFrom with a redirect to HTTPS",
   },
-  httpFrom: { type: "string", default: ":80", valueHint: "host:port", description: "Address of the plain-HTTP listener" },
+  httpFrom: {
+    type: "string",
+    default: ":80",
+    valueHint: "host:port",
+    description: "Address of the plain-HTTP listener",
+  },
   dataDir: {
     type: "string",
     valueHint: "dir",
-    description: "Folder for generated keys and certificates (default ~/.ssl-proxy, or $SSL_PROXY_DATA_DIR)",
+    description:
+      "Folder for generated keys and certificates (default ~/.ssl-proxy, or $SSL_PROXY_DATA_DIR)",
   },
   upstreamTimeout: {
     type: "string",
     default: "60s",
     valueHint: "duration",
-    description: "Longest wait for the backend's response headers before answering 504; 0 waits forever",
+    description:
+      "Longest wait for the backend's response headers before answering 504; 0 waits forever",
   },
   shutdownTimeout: {
     type: "string",
@@ -56,7 +69,11 @@ export const FLAGS = {
 } as const;
 
 const command = defineCommand({
-  meta: { name: "ssl-proxy", version: VERSION, description: "Serve a local HTTP app over HTTPS with one command" },
+  meta: {
+    name: "ssl-proxy",
+    version: VERSION,
+    description: "Serve a local HTTP app over HTTPS with one command",
+  },
   args: FLAGS,
   async run({ args }) {
     const notices: string[] = [];
@@ -92,10 +109,17 @@ export async function main(argv: readonly string[]): Promise<void> {
 
 /** Renders the help text in the layout of Go's flag package, which the original tool's users know. */
 export function renderHelp(): string {
-  const lines = ["ssl-proxy: serve a local HTTP app over HTTPS with one command", "", "Usage: ssl-proxy [flags]", "", "Flags:"];
+  const lines = [
+    "ssl-proxy: serve a local HTTP app over HTTPS with one command",
+    "",
+    "Usage: ssl-proxy [flags]",
+    "",
+    "Flags:",
+  ];
   for (const [name, flag] of Object.entries(FLAGS)) {
     const hint = "valueHint" in flag ? ` ${flag.valueHint}` : "";
-    const fallback = "default" in flag && flag.type === "string" ? ` (default "${flag.default}")` : "";
+    const fallback =
+      "default" in flag && flag.type === "string" ? ` (default "${flag.default}")` : "";
     lines.push(`  -${name}${hint}`, `        ${flag.description}${fallback}`);
   }
   lines.push("  -h, -help", "        Print this help and exit", "", HELP_EXAMPLES);

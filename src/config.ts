@@ -110,8 +110,13 @@ export function parseUpstream(value: string, notices: ConfigNotice[] = []): Upst
   if (url.hash !== "") {
     throw usageError(`-to must not contain a "#" fragment, got "${value}"`);
   }
-  if (!/^(\[[^\]]*\]|[^/?#:]*)(:\d{1,5})?$/.test(authorityOf(text))) {
+  const authority = /^(\[[^\]]*\]|[^/?#:]*)(:\d{1,5})?$/.exec(authorityOf(text));
+  if (!authority) {
     throw usageError(`${expected} (the port must be a number)`);
+  }
+  const host = authority[1]!;
+  if (!isIP(host.replace(/^\[|\]$/g, "")) && !isHostname(host)) {
+    throw usageError(`${expected} ("${host}" is not a valid host name or IP address)`);
   }
 
   return {
@@ -130,10 +135,14 @@ function authorityOf(url: string): string {
 function resolveCertificateFiles(cert?: string, key?: string): CertificateFiles | undefined {
   if (cert === undefined && key === undefined) return undefined;
   if (cert === undefined || cert === "") {
-    throw usageError(`-key "${key}" needs -cert too: give both -cert FILE and -key FILE, or neither`);
+    throw usageError(
+      `-key "${key}" needs -cert too: give both -cert FILE and -key FILE, or neither`,
+    );
   }
   if (key === undefined || key === "") {
-    throw usageError(`-cert "${cert}" needs -key too: give both -cert FILE and -key FILE, or neither`);
+    throw usageError(
+      `-cert "${cert}" needs -key too: give both -cert FILE and -key FILE, or neither`,
+    );
   }
   return { certPath: resolve(cert), keyPath: resolve(key) };
 }
@@ -144,36 +153,68 @@ export function parseDomains(value: string | undefined): string[] {
   const names = value.split(",").map((name) => name.trim().toLowerCase().replace(/\.$/, ""));
   for (const name of names) {
     if (name === "") {
-      throw usageError(`-domain has an empty name in "${value}": separate names with single commas`);
+      throw usageError(
+        `-domain has an empty name in "${value}": separate names with single commas`,
+      );
     }
     if (name.startsWith("*.")) {
-      throw usageError(`-domain "${name}": wildcard names need a DNS challenge, which ssl-proxy does not support`);
+      throw usageError(
+        `-domain "${name}": wildcard names need a DNS challenge, which ssl-proxy does not support`,
+      );
     }
     if (isIP(name.replace(/^\[|\]$/g, "")) !== 0) {
-      throw usageError(`-domain "${name}" is an IP address: certificate authorities issue only for DNS names`);
+      throw usageError(
+        `-domain "${name}" is an IP address: certificate authorities issue only for DNS names`,
+      );
     }
     if (!isHostname(name) || !name.includes(".")) {
-      throw usageError(`-domain "${name}" is not a valid public DNS name such as vm-1234.example.edu`);
+      throw usageError(
+        `-domain "${name}" is not a valid public DNS name such as vm-1234.example.edu`,
+      );
     }
   }
   return [...new Set(names)];
 }
 
 function resolveDataDir(flag: string | undefined, env: Record<string, string | undefined>): string {
-  const dir = flag ?? env.SSL_PROXY_DATA_DIR;
-  if (dir === "") throw usageError(`-dataDir must not be empty`);
-  return resolve(dir ?? `${homedir()}/.ssl-proxy`);
+  if (flag === "")
+    throw usageError(`-dataDir must not be empty: give a folder such as -dataDir ~/.ssl-proxy`);
+  if (flag === undefined && env.SSL_PROXY_DATA_DIR === "") {
+    throw usageError(`SSL_PROXY_DATA_DIR is set but empty: unset it or give a folder`);
+  }
+  return resolve(flag ?? env.SSL_PROXY_DATA_DIR ?? `${homedir()}/.ssl-proxy`);
 }
 
-const DURATION_UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATION_UNITS_MS: Record<string, number> = {
+  ns: 1e-6,
+  us: 1e-3,
+  µs: 1e-3,
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+};
+/** The longest delay a JavaScript timer supports (2^31 - 1 ms, about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
-/** Parses a Go-style duration such as "60s", "1m30s" or "500ms" into milliseconds; "0" is 0. */
+/**
+ * Parses a Go-style duration such as "60s", "1m30s", "1.5h" or "500ms" into whole
+ * milliseconds; "0" is 0. Durations over about 24 days are rejected, as timers cannot wait longer.
+ */
 export function parseDuration(flag: string, value: string): number {
   if (value === "0") return 0;
-  const parts = [...value.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)];
+  const parts = [...value.matchAll(/(\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h)/g)];
   const covered = parts.map((part) => part[0]).join("");
   if (parts.length === 0 || covered !== value) {
     throw usageError(`-${flag} must be a duration such as 30s, 2m or 1500ms, got "${value}"`);
   }
-  return Math.round(parts.reduce((ms, [, number, unit]) => ms + Number(number) * DURATION_UNITS_MS[unit!]!, 0));
+  const ms = Math.round(
+    parts.reduce((sum, [, number, unit]) => sum + Number(number) * DURATION_UNITS_MS[unit!]!, 0),
+  );
+  if (ms > MAX_TIMER_MS) {
+    throw usageError(
+      `-${flag} "${value}" is too long: the maximum is 596h, and 0 turns the limit off`,
+    );
+  }
+  return ms;
 }

@@ -19,7 +19,9 @@ export function translateGoFlags(argv: readonly string[], kinds: FlagKinds): str
     const arg = argv[i]!;
     const match = /^--?([^-=][^=]*)(?:=([\s\S]*))?$/.exec(arg);
     if (!match) {
-      throw usageError(`unexpected argument "${arg}": flags start with "-", as in -to 127.0.0.1:5000`);
+      throw usageError(
+        `unexpected argument "${arg}": flags start with "-", as in -to 127.0.0.1:5000`,
+      );
     }
 
     const name = match[1]!;
@@ -49,5 +51,7 @@ export function translateGoFlags(argv: readonly string[], kinds: FlagKinds): str
 function translateBoolean(name: string, value: string | undefined): string {
   if (value === undefined || TRUE_WORDS.has(value)) return `--${name}`;
   if (FALSE_WORDS.has(value)) return `--no-${name}`;
-  throw usageError(`invalid value "${value}" for -${name}: use -${name}, -${name}=true or -${name}=false`);
+  throw usageError(
+    `invalid value "${value}" for -${name}: use -${name}, -${name}=true or -${name}=false`,
+  );
 }

@@ -38,7 +38,11 @@ export interface ClientConnection {
  * X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-Port from this connection, replacing
  * any values the client sent for those three.
  */
-export function setForwardedHeaders(headers: Headers, host: string, client: ClientConnection): void {
+export function setForwardedHeaders(
+  headers: Headers,
+  host: string,
+  client: ClientConnection,
+): void {
   if (client.address !== undefined) {
     const prior = headers.get("x-forwarded-for");
     headers.set("x-forwarded-for", prior ? `${prior}, ${client.address}` : client.address);

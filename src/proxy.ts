@@ -33,7 +33,8 @@ export function createProxyHandler(options: ProxyOptions): ProxyHandler {
     setForwardedHeaders(headers, host, connection);
 
     const deadline = new AbortController();
-    const timer = upstreamTimeoutMs > 0 ? setTimeout(() => deadline.abort(), upstreamTimeoutMs) : undefined;
+    const timer =
+      upstreamTimeoutMs > 0 ? setTimeout(() => deadline.abort(), upstreamTimeoutMs) : undefined;
     let res: Response;
     try {
       res = await client(url, {
@@ -43,7 +44,13 @@ export function createProxyHandler(options: ProxyOptions): ProxyHandler {
         signal: AbortSignal.any([req.signal, deadline.signal]),
       });
     } catch (error) {
-      return failureResponse(error, { req, target, upstream, timedOut: deadline.signal.aborted, log });
+      return failureResponse(error, {
+        req,
+        target,
+        upstream,
+        timedOut: deadline.signal.aborted,
+        log,
+      });
     } finally {
       clearTimeout(timer);
     }
@@ -76,9 +83,13 @@ export function joinUpstreamURL(upstream: Upstream, target: string): string {
   const base = upstream.basePath;
   let joinedPath = base + path;
   if (base.endsWith("/") && path.startsWith("/")) joinedPath = base + path.slice(1);
-  else if (base !== "" && !base.endsWith("/") && !path.startsWith("/")) joinedPath = `${base}/${path}`;
+  else if (base !== "" && !base.endsWith("/") && !path.startsWith("/"))
+    joinedPath = `${base}/${path}`;
 
-  const joinedQuery = upstream.baseQuery === "" || query === "" ? upstream.baseQuery + query : `${upstream.baseQuery}&${query}`;
+  const joinedQuery =
+    upstream.baseQuery === "" || query === ""
+      ? upstream.baseQuery + query
+      : `${upstream.baseQuery}&${query}`;
   return upstream.origin + joinedPath + (joinedQuery === "" ? "" : `?${joinedQuery}`);
 }
 
@@ -102,7 +113,9 @@ function failureResponse(error: unknown, context: FailureContext): Response {
   const { req, target, upstream, timedOut, log } = context;
   const request = `${req.method} ${target}`;
   if (timedOut) {
-    log.error(`${request}: ${upstream.origin} sent no response headers in time (raise -upstreamTimeout if the app is slow)`);
+    log.error(
+      `${request}: ${upstream.origin} sent no response headers in time (raise -upstreamTimeout if the app is slow)`,
+    );
     return textResponse(504, "Gateway Timeout: the app behind ssl-proxy did not answer in time");
   }
   if (req.signal.aborted) {
@@ -134,5 +147,8 @@ export function describeConnectError(error: unknown): string {
 }
 
 function textResponse(status: number, text: string): Response {
-  return new Response(`${text}\n`, { status, headers: { "content-type": "text/plain; charset=utf-8" } });
+  return new Response(`${text}\n`, {
+    status,
+    headers: { "content-type": "text/plain; charset=utf-8" },
+  });
 }

@@ -3,7 +3,12 @@ import { hostname, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import { formatHost, formatHostPort, isUnspecifiedAddress } from "./address.ts";
-import { ensureSelfSignedCertificate, loadCertificateFiles, normalizeName, type CertificateBundle } from "./certs.ts";
+import {
+  ensureSelfSignedCertificate,
+  loadCertificateFiles,
+  normalizeName,
+  type CertificateBundle,
+} from "./certs.ts";
 import type { ProxyConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
 import { createProxyHandler } from "./proxy.ts";
@@ -33,7 +38,13 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
     listen: config.listen,
     bundle,
     proxy,
-    http: config.redirectHTTP ? { listen: config.httpListen, createHandler: (httpsPort) => createRedirectHandler({ domain: config.domains[0], httpsPort }) } : undefined,
+    http: config.redirectHTTP
+      ? {
+          listen: config.httpListen,
+          createHandler: (httpsPort) =>
+            createRedirectHandler({ domain: config.domains[0], httpsPort }),
+        }
+      : undefined,
     log,
   });
 
@@ -42,24 +53,35 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
   log.info(`${httpsURL} -> ${config.upstream.origin}${config.upstream.basePath}`);
   if (servers.httpPort !== undefined) {
     const redirectTarget = `https://${config.domains[0] ?? "<host>"}${servers.httpsPort === 443 ? "" : `:${servers.httpsPort}`}`;
-    log.info(`http://${formatHostPort(config.httpListen.host, servers.httpPort)} -> redirect to ${redirectTarget}`);
+    log.info(
+      `http://${formatHostPort(config.httpListen.host, servers.httpPort)} -> redirect to ${redirectTarget}`,
+    );
   }
 
   stopOnSignals(servers, config.shutdownTimeoutMs, log);
 }
 
-async function obtainCertificate(config: Readonly<ProxyConfig>): Promise<CertificateBundle & { reused?: boolean }> {
+async function obtainCertificate(
+  config: Readonly<ProxyConfig>,
+): Promise<CertificateBundle & { reused?: boolean }> {
   if (config.certificateFiles) {
     return loadCertificateFiles(config.certificateFiles.certPath, config.certificateFiles.keyPath);
   }
-  const folder = join(config.dataDir, "self-signed", config.listen.host.replace(/[^a-z0-9.-]/gi, "_"));
+  const folder = join(
+    config.dataDir,
+    "self-signed",
+    config.listen.host.replace(/[^a-z0-9.-]/gi, "_"),
+  );
   try {
     await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
     return await ensureSelfSignedCertificate(folder, selfSignedNames(config.listen.host));
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "EACCES" || code === "EROFS" || code === "ENOTDIR" || code === "EEXIST") {
-      throw new UserError(`cannot write the self-signed certificate under "${folder}": ${code} (choose another folder with -dataDir)`, { cause: error });
+      throw new UserError(
+        `cannot write the self-signed certificate under "${folder}": ${code} (choose another folder with -dataDir)`,
+        { cause: error },
+      );
     }
     throw error;
   }
@@ -81,19 +103,33 @@ export function selfSignedNames(listenHost: string): string[] {
   return [...new Set(names.filter((name) => name !== "").map(normalizeName))];
 }
 
-function logCertificate(bundle: CertificateBundle & { reused?: boolean }, config: Readonly<ProxyConfig>, log: ConsolaInstance): void {
+function logCertificate(
+  bundle: CertificateBundle & { reused?: boolean },
+  config: Readonly<ProxyConfig>,
+  log: ConsolaInstance,
+): void {
   const expiry = bundle.notAfter.toISOString().slice(0, 10);
   if (config.certificateFiles) {
-    log.info(`certificate ${bundle.certPath} for ${bundle.names.join(", ")}, valid until ${expiry}`);
+    log.info(
+      `certificate ${bundle.certPath} for ${bundle.names.join(", ")}, valid until ${expiry}`,
+    );
   } else {
     const state = bundle.reused ? "reused" : "created";
-    log.info(`self-signed certificate ${bundle.certPath} (${state}, valid until ${expiry}) for ${bundle.names.map(formatHost).join(", ")}`);
-    log.info("browsers warn about a self-signed certificate: check that they show this fingerprint before you accept it");
+    log.info(
+      `self-signed certificate ${bundle.certPath} (${state}, valid until ${expiry}) for ${bundle.names.map(formatHost).join(", ")}`,
+    );
+    log.info(
+      "browsers warn about a self-signed certificate: check that they show this fingerprint before you accept it",
+    );
   }
   log.info(`SHA256 Fingerprint: ${bundle.fingerprint}`);
 }
 
-function stopOnSignals(servers: { stop(graceMs: number): Promise<void> }, graceMs: number, log: ConsolaInstance): void {
+function stopOnSignals(
+  servers: { stop(graceMs: number): Promise<void> },
+  graceMs: number,
+  log: ConsolaInstance,
+): void {
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {
@@ -101,7 +137,9 @@ function stopOnSignals(servers: { stop(graceMs: number): Promise<void> }, graceM
       process.exit(1);
     }
     stopping = true;
-    log.info(`${signal} received: no new connections; waiting up to ${graceMs / 1000}s for open requests`);
+    log.info(
+      `${signal} received: no new connections; waiting up to ${graceMs / 1000}s for open requests`,
+    );
     servers.stop(graceMs).then(() => {
       log.info("stopped");
       process.exit(0);

@@ -21,7 +21,9 @@ export interface ServerOptions {
   bundle: CertificateBundle;
   proxy: ProxyHandler;
   /** The plain-HTTP listener, and a function that makes its handler from the bound HTTPS port. */
-  http?: { listen: ListenAddress; createHandler: (httpsPort: number) => (req: Request) => Response } | undefined;
+  http?:
+    | { listen: ListenAddress; createHandler: (httpsPort: number) => (req: Request) => Response }
+    | undefined;
   log: ConsolaInstance;
 }
 
@@ -60,7 +62,12 @@ export function startServers(options: ServerOptions): RunningServers {
     const handler = createHandler(https.port!);
     try {
       http = bind("-httpFrom", httpListen, () =>
-        Bun.serve({ hostname: httpListen.host, port: httpListen.port, development: false, fetch: handler }),
+        Bun.serve({
+          hostname: httpListen.host,
+          port: httpListen.port,
+          development: false,
+          fetch: handler,
+        }),
       );
     } catch (error) {
       https.stop(true);
@@ -74,7 +81,10 @@ export function startServers(options: ServerOptions): RunningServers {
     async stop(graceMs) {
       const servers = [https, http].filter((server) => server !== undefined);
       const drained = Promise.all(servers.map((server) => server.stop(false)));
-      const timedOut = await Promise.race([drained.then(() => false), sleep(graceMs).then(() => true)]);
+      const timedOut = await Promise.race([
+        drained.then(() => false),
+        sleep(graceMs).then(() => true),
+      ]);
       if (timedOut) {
         log.warn(`open requests did not finish within ${graceMs / 1000}s, closing them`);
         await Promise.all(servers.map((server) => server.stop(true)));
@@ -83,7 +93,11 @@ export function startServers(options: ServerOptions): RunningServers {
   };
 }
 
-function bind(flag: string, listen: ListenAddress, serve: () => Server<undefined>): Server<undefined> {
+function bind(
+  flag: string,
+  listen: ListenAddress,
+  serve: () => Server<undefined>,
+): Server<undefined> {
   try {
     return serve();
   } catch (error) {

@@ -35,7 +35,11 @@ export interface ProxyProcess {
   stop(): Promise<number>;
 }
 
-function collect(stream: ReadableStream<Uint8Array>, sink: { text: string }, onData: () => void): void {
+function collect(
+  stream: ReadableStream<Uint8Array>,
+  sink: { text: string },
+  onData: () => void,
+): void {
   const decoder = new TextDecoder();
   (async () => {
     for await (const chunk of stream) {
@@ -49,7 +53,11 @@ function collect(stream: ReadableStream<Uint8Array>, sink: { text: string }, onD
  * Starts ssl-proxy with `args` (-from 127.0.0.1:0 and a fresh -dataDir are added unless given)
  * and waits for its listener line. Rejects with the output if it exits or takes over 15 s.
  */
-export async function startProxy(command: { argv: string[] }, args: string[], options: { env?: Record<string, string>; cwd?: string } = {}): Promise<ProxyProcess> {
+export async function startProxy(
+  command: { argv: string[] },
+  args: string[],
+  options: { env?: Record<string, string>; cwd?: string } = {},
+): Promise<ProxyProcess> {
   const fullArgs = [...args];
   if (!args.some((arg) => /^--?from\b/.test(arg))) fullArgs.push("-from", "127.0.0.1:0");
   let dataDir = args[args.findIndex((arg) => /^--?dataDir$/.test(arg)) + 1] ?? "";
@@ -62,18 +70,36 @@ export async function startProxy(command: { argv: string[] }, args: string[], op
     stdout: "pipe",
     stderr: "pipe",
     cwd: options.cwd ?? makeTempDir("cwd"),
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/root", ...options.env },
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HOME: process.env.HOME ?? "/root",
+      ...options.env,
+    },
   });
   const out = { text: "" };
   const err = { text: "" };
   const ready = Promise.withResolvers<void>();
   const check = () => {
-    if (/^https:\/\/\S+ -> /m.test(out.text) && (!fullArgs.some((a) => /redirectHTTP/.test(a)) || /^http:\/\/\S+ -> redirect/m.test(out.text))) ready.resolve();
+    if (
+      /^https:\/\/\S+ -> /m.test(out.text) &&
+      (!fullArgs.some((a) => /redirectHTTP/.test(a)) || /^http:\/\/\S+ -> redirect/m.test(out.text))
+    )
+      ready.resolve();
   };
   collect(proc.stdout, out, check);
   collect(proc.stderr, err, check);
-  const timer = setTimeout(() => ready.reject(new Error(`ssl-proxy did not start in 15 s\nstdout:\n${out.text}\nstderr:\n${err.text}`)), 15_000);
-  proc.exited.then((code) => ready.reject(new Error(`ssl-proxy exited with ${code}\nstdout:\n${out.text}\nstderr:\n${err.text}`)));
+  const timer = setTimeout(
+    () =>
+      ready.reject(
+        new Error(`ssl-proxy did not start in 15 s\nstdout:\n${out.text}\nstderr:\n${err.text}`),
+      ),
+    15_000,
+  );
+  proc.exited.then((code) =>
+    ready.reject(
+      new Error(`ssl-proxy exited with ${code}\nstdout:\n${out.text}\nstderr:\n${err.text}`),
+    ),
+  );
   try {
     await ready.promise;
   } finally {
@@ -96,25 +122,45 @@ export async function startProxy(command: { argv: string[] }, args: string[], op
 }
 
 /** Runs ssl-proxy to completion (it is expected to exit by itself) and returns its exit code and output. */
-export async function runToExit(command: { argv: string[] }, args: string[], options: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {}) {
+export async function runToExit(
+  command: { argv: string[] },
+  args: string[],
+  options: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {},
+) {
   const proc = Bun.spawn([...command.argv, ...args], {
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
     cwd: options.cwd ?? makeTempDir("cwd"),
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/root", ...options.env },
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HOME: process.env.HOME ?? "/root",
+      ...options.env,
+    },
   });
   const timer = setTimeout(() => proc.kill("SIGKILL"), options.timeoutMs ?? 15_000);
-  const [exitCode, stdout, stderr] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  const [exitCode, stdout, stderr] = await Promise.all([
+    proc.exited,
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+  ]);
   clearTimeout(timer);
   return { exitCode, stdout, stderr };
 }
 
 /** Runs a command such as curl or openssl and returns its exit code and output. */
 export async function run(argv: string[], options: { stdin?: string; timeoutMs?: number } = {}) {
-  const proc = Bun.spawn(argv, { stdin: options.stdin === undefined ? "ignore" : new TextEncoder().encode(options.stdin), stdout: "pipe", stderr: "pipe" });
+  const proc = Bun.spawn(argv, {
+    stdin: options.stdin === undefined ? "ignore" : new TextEncoder().encode(options.stdin),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   const timer = setTimeout(() => proc.kill("SIGKILL"), options.timeoutMs ?? 30_000);
-  const [exitCode, stdout, stderr] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  const [exitCode, stdout, stderr] = await Promise.all([
+    proc.exited,
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+  ]);
   clearTimeout(timer);
   return { exitCode, stdout, stderr };
 }
@@ -144,14 +190,17 @@ export interface RawRequest {
  * Starts a backend on 127.0.0.1 that parses HTTP/1.1 itself, records each request's exact
  * bytes, and answers with `respond(request)`: a full raw HTTP response.
  */
-export async function startRawBackend(respond: (request: RawRequest) => string | Buffer = () => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") {
+export async function startRawBackend(
+  respond: (request: RawRequest) => string | Buffer = () =>
+    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+) {
   const requests: RawRequest[] = [];
   const sockets = new Set<Socket>();
   const server = createServer((socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
     let buffer = Buffer.alloc(0);
-    socket.on("data", (chunk) => {
+    socket.on("data", (chunk: Buffer) => {
       buffer = Buffer.concat([buffer, chunk]);
       for (;;) {
         const parsed = parseRawRequest(buffer);
@@ -196,7 +245,8 @@ function parseRawRequest(buffer: Buffer): { request: RawRequest; consumed: numbe
       if (buffer.length < lineEnd + 2 + size + 2) return undefined;
       if (size === 0) {
         const trailerEnd = buffer.indexOf("\r\n\r\n", lineEnd);
-        if (trailerEnd === -1 && buffer.subarray(lineEnd, lineEnd + 4).toString() !== "\r\n\r\n") return undefined;
+        if (trailerEnd === -1 && buffer.subarray(lineEnd, lineEnd + 4).toString() !== "\r\n\r\n")
+          return undefined;
         offset = trailerEnd === -1 ? lineEnd + 4 : trailerEnd + 4;
         break;
       }
@@ -225,7 +275,11 @@ export async function findFlaskPython(): Promise<string> {
 /** Starts test/fixtures/flask_app.py on a free port of 127.0.0.1 and waits until it answers. */
 export async function startFlask() {
   const python = await findFlaskPython();
-  const proc = Bun.spawn([python, join(ROOT, "test/fixtures/flask_app.py")], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const proc = Bun.spawn([python, join(ROOT, "test/fixtures/flask_app.py")], {
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: "ignore",
+  });
   const reader = proc.stdout.getReader();
   let text = "";
   while (!/PORT=(\d+)/.test(text)) {

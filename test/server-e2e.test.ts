@@ -39,32 +39,72 @@ function curlHead(url: string, ...args: string[]) {
 
 describe.each(PROXY_COMMANDS)("listeners ($name)", (command) => {
   test("prints one line per listener", async () => {
-    const proxy = await startProxy(command, ["-to", backendURL, "-redirectHTTP", "-httpFrom", "127.0.0.1:0"]);
+    const proxy = await startProxy(command, [
+      "-to",
+      backendURL,
+      "-redirectHTTP",
+      "-httpFrom",
+      "127.0.0.1:0",
+    ]);
     await proxy.stop();
 
     expect(proxy.stdout()).toContain(`https://127.0.0.1:${proxy.port} -> ${backendURL}\n`);
-    expect(proxy.stdout()).toContain(`http://127.0.0.1:${proxy.httpPort} -> redirect to https://<host>:${proxy.port}\n`);
+    expect(proxy.stdout()).toContain(
+      `http://127.0.0.1:${proxy.httpPort} -> redirect to https://<host>:${proxy.port}\n`,
+    );
   });
 
   test("redirects HTTP to the request's host", async () => {
-    const proxy = await startProxy(command, ["-to", backendURL, "-redirectHTTP", "-httpFrom", "127.0.0.1:0"]);
+    const proxy = await startProxy(command, [
+      "-to",
+      backendURL,
+      "-redirectHTTP",
+      "-httpFrom",
+      "127.0.0.1:0",
+    ]);
     try {
-      const result = await curlHead(`http://127.0.0.1:${proxy.httpPort}/a/b?x=1&y=%2F`, "-H", "Host: vm.example.test:8080");
+      const result = await curlHead(
+        `http://127.0.0.1:${proxy.httpPort}/a/b?x=1&y=%2F`,
+        "-H",
+        "Host: vm.example.test:8080",
+      );
 
       expect(result.stdout).toStartWith("HTTP/1.1 301");
-      expect(result.stdout).toContain(`Location: https://vm.example.test:${proxy.port}/a/b?x=1&y=%2F\r\n`);
+      expect(result.stdout).toContain(
+        `Location: https://vm.example.test:${proxy.port}/a/b?x=1&y=%2F\r\n`,
+      );
     } finally {
       await proxy.stop();
     }
   });
 
   test("redirects HTTP to the -domain name", async () => {
-    const args = ["-to", backendURL, "-redirectHTTP", "-httpFrom", "127.0.0.1:0", "-domain", "app.example.test"];
-    const proxy = await startProxy(command, [...args, "-cert", certFiles.cert, "-key", certFiles.key]);
+    const args = [
+      "-to",
+      backendURL,
+      "-redirectHTTP",
+      "-httpFrom",
+      "127.0.0.1:0",
+      "-domain",
+      "app.example.test",
+    ];
+    const proxy = await startProxy(command, [
+      ...args,
+      "-cert",
+      certFiles.cert,
+      "-key",
+      certFiles.key,
+    ]);
     try {
-      const result = await curlHead(`http://127.0.0.1:${proxy.httpPort}/login?next=/`, "-H", "Host: 127.0.0.1");
+      const result = await curlHead(
+        `http://127.0.0.1:${proxy.httpPort}/login?next=/`,
+        "-H",
+        "Host: 127.0.0.1",
+      );
 
-      expect(result.stdout).toContain(`Location: https://app.example.test:${proxy.port}/login?next=/\r\n`);
+      expect(result.stdout).toContain(
+        `Location: https://app.example.test:${proxy.port}/login?next=/\r\n`,
+      );
     } finally {
       await proxy.stop();
     }
@@ -73,9 +113,21 @@ describe.each(PROXY_COMMANDS)("listeners ($name)", (command) => {
   test("leaves port 443 out of redirects", async () => {
     const probe = await run(["sh", "-c", "id -u"]);
     if (probe.stdout.trim() !== "0") throw new Error("this test binds port 443 and needs root");
-    const proxy = await startProxy(command, ["-from", "127.0.0.1:443", "-to", backendURL, "-redirectHTTP", "-httpFrom", "127.0.0.1:0"]);
+    const proxy = await startProxy(command, [
+      "-from",
+      "127.0.0.1:443",
+      "-to",
+      backendURL,
+      "-redirectHTTP",
+      "-httpFrom",
+      "127.0.0.1:0",
+    ]);
     try {
-      const result = await curlHead(`http://127.0.0.1:${proxy.httpPort}/x`, "-H", "Host: vm.example.test");
+      const result = await curlHead(
+        `http://127.0.0.1:${proxy.httpPort}/x`,
+        "-H",
+        "Host: vm.example.test",
+      );
 
       expect(result.stdout).toContain("Location: https://vm.example.test/x\r\n");
     } finally {
@@ -88,7 +140,14 @@ describe.each(PROXY_COMMANDS)("listeners ($name)", (command) => {
     await new Promise<void>((done) => blocker.listen(0, "127.0.0.1", done));
     const port = (blocker.address() as { port: number }).port;
 
-    const result = await runToExit(command, ["-from", `127.0.0.1:${port}`, "-to", backendURL, "-dataDir", makeTempDir("data")]);
+    const result = await runToExit(command, [
+      "-from",
+      `127.0.0.1:${port}`,
+      "-to",
+      backendURL,
+      "-dataDir",
+      makeTempDir("data"),
+    ]);
     blocker.close();
 
     expect(result.exitCode).not.toBe(0);
@@ -98,8 +157,19 @@ describe.each(PROXY_COMMANDS)("listeners ($name)", (command) => {
   });
 
   test("explains a privileged port without root", async () => {
-    const args = ["-from", "127.0.0.1:443", "-to", backendURL, "-cert", certFiles.cert, "-key", certFiles.key];
-    const asNobody = { argv: ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ...command.argv] };
+    const args = [
+      "-from",
+      "127.0.0.1:443",
+      "-to",
+      backendURL,
+      "-cert",
+      certFiles.cert,
+      "-key",
+      certFiles.key,
+    ];
+    const asNobody = {
+      argv: ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ...command.argv],
+    };
 
     const result = await runToExit(asNobody, args, { cwd: "/tmp" });
 

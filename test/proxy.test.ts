@@ -1,0 +1,232 @@
+import { describe, expect, test } from "bun:test";
+import type { Upstream } from "../src/config.ts";
+import { HOP_BY_HOP_HEADERS, setForwardedHeaders, stripHopByHopHeaders } from "../src/headers.ts";
+import { joinUpstreamURL, requestTarget } from "../src/proxy.ts";
+
+const ORIGIN = "http://127.0.0.1:5000";
+
+function upstream(basePath = "", baseQuery = ""): Upstream {
+  return { origin: ORIGIN, basePath, baseQuery };
+}
+
+describe("requestTarget", () => {
+  test("keeps origin-form target", () => {
+    const target = requestTarget("/a%2Fb//c/../d?x=%2F&y=1");
+
+    expect(target).toBe("/a%2Fb//c/../d?x=%2F&y=1");
+  });
+
+  test("strips scheme and authority", () => {
+    const target = requestTarget("https://127.0.0.1:4430/a%2Fb//c/../d?x=%2F&y=1");
+
+    expect(target).toBe("/a%2Fb//c/../d?x=%2F&y=1");
+  });
+
+  test("keeps leading double slash", () => {
+    const target = requestTarget("https://127.0.0.1:4430//x/./y");
+
+    expect(target).toBe("//x/./y");
+  });
+
+  test("strips IPv6 authority", () => {
+    const target = requestTarget("https://[::1]:4430/p?q=1");
+
+    expect(target).toBe("/p?q=1");
+  });
+
+  test("returns slash without path", () => {
+    const target = requestTarget("https://127.0.0.1:4430");
+
+    expect(target).toBe("/");
+  });
+});
+
+describe("joinUpstreamURL", () => {
+  test("uses target without base path", () => {
+    const url = joinUpstreamURL(upstream(), "/x?b=2");
+
+    expect(url).toBe(`${ORIGIN}/x?b=2`);
+  });
+
+  test.each([
+    ["/app", "/x", "/app/x"],
+    ["/app/", "/x", "/app/x"],
+    ["/app", "x", "/app/x"],
+    ["/app/", "x", "/app/x"],
+    ["/app", "/", "/app/"],
+    ["/app/", "/", "/app/"],
+  ])("joins %p and %p with one slash", (basePath, target, expected) => {
+    const url = joinUpstreamURL(upstream(basePath), target);
+
+    expect(url).toBe(`${ORIGIN}${expected}`);
+  });
+
+  test("merges base and request queries", () => {
+    const url = joinUpstreamURL(upstream("/base", "a=1"), "/x?b=2");
+
+    expect(url).toBe(`${ORIGIN}/base/x?a=1&b=2`);
+  });
+
+  test("keeps base query alone", () => {
+    const url = joinUpstreamURL(upstream("/base", "a=1"), "/x");
+
+    expect(url).toBe(`${ORIGIN}/base/x?a=1`);
+  });
+
+  test("keeps base query without path", () => {
+    const url = joinUpstreamURL(upstream("", "a=1"), "/x?b=2");
+
+    expect(url).toBe(`${ORIGIN}/x?a=1&b=2`);
+  });
+
+  test("keeps raw path and query", () => {
+    const url = joinUpstreamURL(upstream("/app"), "/a%2Fb//c/../d?x=%2F&y=1");
+
+    expect(url).toBe(`${ORIGIN}/app/a%2Fb//c/../d?x=%2F&y=1`);
+  });
+
+  test("keeps client double slash", () => {
+    const url = joinUpstreamURL(upstream(), "//x//y");
+
+    expect(url).toBe(`${ORIGIN}//x//y`);
+  });
+
+  test("keeps question mark in query", () => {
+    const url = joinUpstreamURL(upstream("", "a=1"), "/x?b=?&c=%3F");
+
+    expect(url).toBe(`${ORIGIN}/x?a=1&b=?&c=%3F`);
+  });
+});
+
+describe("stripHopByHopHeaders", () => {
+  test("removes every hop-by-hop header", () => {
+    const headers = new Headers();
+    for (const name of HOP_BY_HOP_HEADERS) headers.set(name, "1");
+    headers.set("x-kept", "yes");
+
+    stripHopByHopHeaders(headers);
+
+    expect([...headers.keys()]).toEqual(["x-kept"]);
+  });
+
+  test("lists RFC 9110 hop-by-hop headers", () => {
+    const names: readonly string[] = HOP_BY_HOP_HEADERS;
+
+    const expected = [
+      "connection",
+      "proxy-connection",
+      "keep-alive",
+      "te",
+      "transfer-encoding",
+      "upgrade",
+      "trailer",
+    ];
+
+    for (const name of expected) expect(names).toContain(name);
+  });
+
+  test("removes headers named in Connection", () => {
+    const headers = new Headers({
+      connection: "X-Secret ,x-other,, keep-alive",
+      "x-secret": "1",
+      "x-other": "2",
+      "x-kept": "yes",
+    });
+
+    stripHopByHopHeaders(headers);
+
+    expect([...headers.keys()]).toEqual(["x-kept"]);
+  });
+
+  test("reads every Connection header line", () => {
+    const headers = new Headers([
+      ["connection", "x-first"],
+      ["connection", "x-second"],
+      ["x-first", "1"],
+      ["x-second", "2"],
+    ]);
+
+    stripHopByHopHeaders(headers);
+
+    expect([...headers.keys()]).toEqual([]);
+  });
+
+  test("keeps end-to-end headers", () => {
+    const headers = new Headers({
+      "content-type": "text/plain",
+      "set-cookie": "a=1",
+      "x-custom": "v",
+    });
+
+    stripHopByHopHeaders(headers);
+
+    expect(headers.get("content-type")).toBe("text/plain");
+    expect(headers.getSetCookie()).toEqual(["a=1"]);
+    expect(headers.get("x-custom")).toBe("v");
+  });
+
+  test("keeps every Set-Cookie value", () => {
+    const headers = new Headers([
+      ["set-cookie", "a=1"],
+      ["set-cookie", "b=2"],
+      ["set-cookie", "c=3"],
+      ["connection", "x-secret"],
+    ]);
+
+    stripHopByHopHeaders(headers);
+
+    expect(headers.getSetCookie()).toEqual(["a=1", "b=2", "c=3"]);
+  });
+});
+
+describe("setForwardedHeaders", () => {
+  const client = { address: "127.0.0.1", localPort: 4430 };
+
+  test("appends client to X-Forwarded-For", () => {
+    const headers = new Headers({ "x-forwarded-for": "10.1.2.3" });
+
+    setForwardedHeaders(headers, "app.example", client);
+
+    expect(headers.get("x-forwarded-for")).toBe("10.1.2.3, 127.0.0.1");
+  });
+
+  test("starts X-Forwarded-For with client", () => {
+    const headers = new Headers();
+
+    setForwardedHeaders(headers, "app.example", client);
+
+    expect(headers.get("x-forwarded-for")).toBe("127.0.0.1");
+  });
+
+  test("keeps X-Forwarded-For without address", () => {
+    const headers = new Headers({ "x-forwarded-for": "10.1.2.3" });
+
+    setForwardedHeaders(headers, "app.example", { address: undefined, localPort: 4430 });
+
+    expect(headers.get("x-forwarded-for")).toBe("10.1.2.3");
+  });
+
+  test("sets proto, host and port", () => {
+    const headers = new Headers();
+
+    setForwardedHeaders(headers, "app.example:8443", client);
+
+    expect(headers.get("x-forwarded-proto")).toBe("https");
+    expect(headers.get("x-forwarded-host")).toBe("app.example:8443");
+    expect(headers.get("x-forwarded-port")).toBe("4430");
+  });
+
+  test("replaces client-sent proto, host and port", () => {
+    const headers = new Headers({
+      "x-forwarded-proto": "http",
+      "x-forwarded-host": "evil.example",
+      "x-forwarded-port": "1",
+    });
+
+    setForwardedHeaders(headers, "app.example", client);
+
+    expect(headers.get("x-forwarded-proto")).toBe("https");
+    expect(headers.get("x-forwarded-host")).toBe("app.example");
+    expect(headers.get("x-forwarded-port")).toBe("4430");
+  });
+});
