@@ -5,11 +5,12 @@ import {
   webcrypto,
   type KeyObject,
 } from "node:crypto";
-import { mkdir, readFile, rename, writeFile, chmod } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { UserError } from "./errors.ts";
+import { ensurePrivateFolder, writeFileAtomically } from "./files.ts";
 
 /** A certificate chain and its private key, ready for the TLS listener. */
 export interface CertificateBundle {
@@ -161,8 +162,7 @@ export async function ensureSelfSignedCertificate(
   }
 
   const { cert, key } = await createSelfSignedCertificate(names);
-  await mkdir(folder, { recursive: true, mode: 0o700 });
-  await chmod(folder, 0o700);
+  await ensurePrivateFolder(folder);
   await writeFileAtomically(keyPath, key, 0o600);
   await writeFileAtomically(certPath, cert, 0o644);
   return { ...describeBundle(cert, key, certPath, new X509Certificate(cert)), reused: false };
@@ -189,12 +189,6 @@ function isReusable(
     leaf.checkPrivateKey(privateKey) &&
     names.every((name) => covered.has(normalizeName(name)))
   );
-}
-
-async function writeFileAtomically(path: string, text: string, mode: number): Promise<void> {
-  const temporary = `${path}.${process.pid}.tmp`;
-  await writeFile(temporary, text, { mode, flag: "wx" });
-  await rename(temporary, path);
 }
 
 /** Creates a self-signed ECDSA P-256 certificate, valid for one year, for `names`. */

@@ -1,6 +1,11 @@
 import { defineCommand, runCommand } from "citty";
 import packageJson from "../package.json" with { type: "json" };
-import { resolveConfig, type FlagValues } from "./config.ts";
+import {
+  LETS_ENCRYPT_DIRECTORY,
+  LETS_ENCRYPT_STAGING_DIRECTORY,
+  resolveConfig,
+  type FlagValues,
+} from "./config.ts";
 import { translateGoFlags, type FlagKinds } from "./flags.ts";
 import { createLogger } from "./log.ts";
 import { runProxy } from "./run.ts";
@@ -33,7 +38,27 @@ export const FLAGS = {
     type: "string",
     valueHint: "names",
     description:
-      "Public DNS name(s), comma-separated, that the certificate is for; also the -redirectHTTP target",
+      "Public DNS name(s), comma-separated, to get a certificate for through ACME; using it means accepting the CA's terms of service",
+  },
+  email: {
+    type: "string",
+    valueHint: "address",
+    description: "Contact address for the ACME account, to which the CA may send expiry warnings",
+  },
+  acmeDirectory: {
+    type: "string",
+    valueHint: "url",
+    description: `Directory URL of the ACME certificate authority (default "${LETS_ENCRYPT_DIRECTORY}")`,
+  },
+  staging: {
+    type: "boolean",
+    default: false,
+    description: `Use Let's Encrypt's staging CA (${LETS_ENCRYPT_STAGING_DIRECTORY}), which browsers do not trust`,
+  },
+  acmeCA: {
+    type: "string",
+    valueHint: "file",
+    description: "PEM file of extra root certificates to trust for the ACME server's own HTTPS",
   },
   redirectHTTP: {
     type: "boolean",

@@ -40,6 +40,24 @@ export interface ProxyConfig {
   upstreamTimeoutMs: number;
   /** Longest wait for open requests at shutdown in ms, from -shutdownTimeout (default 10s). */
   shutdownTimeoutMs: number;
+  /** ACME settings, used when -domain is given without -cert and -key. */
+  acme: AcmeSettings;
+}
+
+/** Let's Encrypt's production ACME directory, the default of -acmeDirectory. */
+export const LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory";
+/** Let's Encrypt's staging ACME directory, chosen by -staging. */
+export const LETS_ENCRYPT_STAGING_DIRECTORY =
+  "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/** Where and how to get certificates through ACME (RFC 8555). */
+export interface AcmeSettings {
+  /** The CA's directory URL, from -acmeDirectory or -staging (default Let's Encrypt production). */
+  directoryUrl: string;
+  /** Contact address for the ACME account, from -email; undefined for none. */
+  email: string | undefined;
+  /** PEM file of extra roots to trust for the ACME server's own HTTPS, from -acmeCA. */
+  caFile: string | undefined;
 }
 
 /** The parsed flag values that resolveConfig reads; every value is the raw string given. */
@@ -54,6 +72,10 @@ export interface FlagValues {
   dataDir?: string | undefined;
   upstreamTimeout: string;
   shutdownTimeout: string;
+  email?: string | undefined;
+  acmeDirectory?: string | undefined;
+  staging: boolean;
+  acmeCA?: string | undefined;
 }
 
 /** A message for the log, produced while resolving, such as the assumed http:// scheme. */
@@ -78,8 +100,41 @@ export function resolveConfig(
     dataDir: resolveDataDir(flags.dataDir, env),
     upstreamTimeoutMs: parseDuration("upstreamTimeout", flags.upstreamTimeout),
     shutdownTimeoutMs: parseDuration("shutdownTimeout", flags.shutdownTimeout),
+    acme: resolveAcmeSettings(flags),
   };
   return Object.freeze(config);
+}
+
+function resolveAcmeSettings(flags: FlagValues): AcmeSettings {
+  if (flags.staging && flags.acmeDirectory !== undefined) {
+    throw usageError(
+      `-staging and -acmeDirectory "${flags.acmeDirectory}" conflict: give one of them`,
+    );
+  }
+  const directoryUrl = flags.staging
+    ? LETS_ENCRYPT_STAGING_DIRECTORY
+    : (flags.acmeDirectory ?? LETS_ENCRYPT_DIRECTORY);
+  let url: URL | undefined;
+  try {
+    url = new URL(directoryUrl);
+  } catch {
+    url = undefined;
+  }
+  if (url?.protocol !== "https:") {
+    throw usageError(
+      `-acmeDirectory must be an https:// URL such as ${LETS_ENCRYPT_STAGING_DIRECTORY}, got "${directoryUrl}"`,
+    );
+  }
+  const email = flags.email === "" ? undefined : flags.email;
+  if (email !== undefined && !/^[^@\s:]+@[^@\s:]+\.[^@\s:]+$/.test(email)) {
+    throw usageError(`-email must be an address such as you@example.edu, got "${email}"`);
+  }
+  if (flags.acmeCA === "") throw usageError(`-acmeCA must name a PEM file of CA certificates`);
+  return {
+    directoryUrl,
+    email,
+    caFile: flags.acmeCA === undefined ? undefined : resolve(flags.acmeCA),
+  };
 }
 
 /**

@@ -4,8 +4,8 @@ import { requestTarget } from "./proxy.ts";
 export interface RedirectOptions {
   /** The name to redirect to (the first -domain); undefined to keep the request's host. */
   domain: string | undefined;
-  /** The HTTPS port; left out of the Location when it is 443. */
-  httpsPort: number;
+  /** Returns the HTTPS port, which is left out of the Location when it is 443. */
+  httpsPort: () => number;
 }
 
 /**
@@ -13,9 +13,9 @@ export interface RedirectOptions {
  * query on HTTPS, at the -domain name or else the request's host without its port.
  */
 export function createRedirectHandler(options: RedirectOptions): (req: Request) => Response {
-  const portSuffix = options.httpsPort === 443 ? "" : `:${options.httpsPort}`;
-
   return (req) => {
+    const httpsPort = options.httpsPort();
+    const portSuffix = httpsPort === 443 ? "" : `:${httpsPort}`;
     const host = options.domain ?? hostWithoutPort(req.headers.get("host"));
     if (!host) {
       return new Response("Bad Request: the request needs a valid Host header\n", { status: 400 });

@@ -1,32 +1,50 @@
-import { mkdir } from "node:fs/promises";
 import { hostname, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import { formatHost, formatHostPort, isUnspecifiedAddress } from "./address.ts";
+import { obtainCertificate, warnIfNotLocal, type ChallengeType } from "./acme.ts";
 import {
   ensureSelfSignedCertificate,
   loadCertificateFiles,
   normalizeName,
   type CertificateBundle,
 } from "./certs.ts";
+import {
+  ChallengeStore,
+  notFoundHandler,
+  startTlsAlpnResponder,
+  withHttpChallenges,
+} from "./challenges.ts";
 import type { ProxyConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
 import { createProxyHandler } from "./proxy.ts";
 import { createRedirectHandler } from "./redirect.ts";
-import { startServers } from "./server.ts";
+import { scheduleRenewal, renewalTime } from "./renewal.ts";
+import { startHttpListener, startHttpsListener, type Listener } from "./server.ts";
+import { loadStoredCertificate, resolveAcmeStore, type StoredCertificate } from "./store.ts";
 import { createUpstreamClient } from "./upstream.ts";
+import { ensurePrivateFolder } from "./files.ts";
 
 /**
- * Starts ssl-proxy from a resolved config: gets the certificate, binds the listeners, prints
- * where it serves, and stops cleanly on SIGINT or SIGTERM.
+ * Starts ssl-proxy from a resolved config: binds the plain-HTTP listener when it is needed,
+ * gets the certificate, binds the HTTPS listener, prints where it serves, renews ACME
+ * certificates in the background, and stops cleanly on SIGINT or SIGTERM.
  */
 export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstance): Promise<void> {
-  if (config.domains.length > 0 && !config.certificateFiles) {
-    throw new UserError(
-      `-domain "${config.domains.join(",")}": getting a certificate from Let's Encrypt is not available in this version; give -cert and -key, or leave out -domain for a self-signed certificate`,
-    );
+  const usesAcme = config.domains.length > 0 && !config.certificateFiles;
+  const challenges = new ChallengeStore();
+  let httpsPort = config.listen.port;
+  const http = startPlainHttpListener(config, challenges, () => httpsPort, log);
+
+  let certificate: CertificateBundle & { reused?: boolean };
+  try {
+    certificate = usesAcme
+      ? await obtainAcmeCertificate(config, challenges, http !== undefined, log)
+      : await obtainLocalCertificate(config);
+  } catch (error) {
+    await http?.stop(0);
+    throw error;
   }
-  const bundle = await obtainCertificate(config);
 
   const proxy = createProxyHandler({
     upstream: config.upstream,
@@ -34,34 +52,122 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     log,
   });
-  const servers = startServers({
+  const https = await startHttpsListener({
     listen: config.listen,
-    bundle,
+    bundle: certificate,
     proxy,
-    http: config.redirectHTTP
-      ? {
-          listen: config.httpListen,
-          createHandler: (httpsPort) =>
-            createRedirectHandler({ domain: config.domains[0], httpsPort }),
-        }
-      : undefined,
     log,
+  }).catch(async (error: unknown) => {
+    await http?.stop(0);
+    throw error;
   });
+  httpsPort = https.port;
 
-  logCertificate(bundle, config, log);
-  const httpsURL = `https://${formatHostPort(config.listen.host, servers.httpsPort)}`;
-  log.info(`${httpsURL} -> ${config.upstream.origin}${config.upstream.basePath}`);
-  if (servers.httpPort !== undefined) {
-    const redirectTarget = `https://${config.domains[0] ?? "<host>"}${servers.httpsPort === 443 ? "" : `:${servers.httpsPort}`}`;
-    log.info(
-      `http://${formatHostPort(config.httpListen.host, servers.httpPort)} -> redirect to ${redirectTarget}`,
-    );
+  logCertificate(certificate, config, usesAcme, log);
+  log.info(
+    `https://${formatHostPort(config.listen.host, https.port)} -> ${config.upstream.origin}${config.upstream.basePath}`,
+  );
+  if (http) {
+    const target = config.redirectHTTP
+      ? `redirect to https://${config.domains[0] ?? "<host>"}${https.port === 443 ? "" : `:${https.port}`}`
+      : "ACME challenges only";
+    log.info(`http://${formatHostPort(config.httpListen.host, http.port)} -> ${target}`);
   }
 
-  stopOnSignals(servers, config.shutdownTimeoutMs, log);
+  let cancelRenewal = () => {};
+  if (usesAcme) {
+    cancelRenewal = scheduleRenewal({
+      current: certificate as StoredCertificate,
+      renew: () => renewAcmeCertificate(config, challenges, http !== undefined, log),
+      install: (next) => https.replaceCertificate(next),
+      log,
+    });
+  }
+  stopOnSignals([https, http], config.shutdownTimeoutMs, () => cancelRenewal(), log);
 }
 
-async function obtainCertificate(
+/**
+ * Starts the plain-HTTP listener when -redirectHTTP or ACME needs it. For ACME alone, a port
+ * that cannot be bound only costs HTTP-01, so it is a warning and TLS-ALPN-01 is used instead.
+ */
+function startPlainHttpListener(
+  config: Readonly<ProxyConfig>,
+  challenges: ChallengeStore,
+  httpsPort: () => number,
+  log: ConsolaInstance,
+): Listener | undefined {
+  const usesAcme = config.domains.length > 0 && !config.certificateFiles;
+  if (!config.redirectHTTP && !usesAcme) return undefined;
+  const fallback = config.redirectHTTP
+    ? createRedirectHandler({ domain: config.domains[0], httpsPort })
+    : notFoundHandler;
+  try {
+    return startHttpListener(
+      "-httpFrom",
+      config.httpListen,
+      withHttpChallenges(challenges, fallback),
+      log,
+    );
+  } catch (error) {
+    if (config.redirectHTTP || !(error instanceof UserError)) throw error;
+    log.warn(
+      `${error.message}; HTTP-01 is not available, so TLS-ALPN-01 on the HTTPS port is used`,
+    );
+    return undefined;
+  }
+}
+
+async function obtainAcmeCertificate(
+  config: Readonly<ProxyConfig>,
+  challenges: ChallengeStore,
+  hasHttp: boolean,
+  log: ConsolaInstance,
+): Promise<StoredCertificate & { reused?: boolean }> {
+  const store = resolveAcmeStore(config.dataDir, config.acme.directoryUrl, config.domains);
+  const stored = await loadStoredCertificate(store, config.domains);
+  if (stored) return { ...stored, reused: true };
+
+  void warnIfNotLocal(config.domains, log);
+  const types: ChallengeType[] = hasHttp ? ["http-01", "tls-alpn-01"] : ["tls-alpn-01"];
+  return obtainCertificate({
+    settings: config.acme,
+    domains: config.domains,
+    store,
+    responders: {
+      store: challenges,
+      types,
+      startTlsAlpn: () => startTlsAlpnResponder(config.listen, challenges),
+    },
+    log,
+  });
+}
+
+function renewAcmeCertificate(
+  config: Readonly<ProxyConfig>,
+  challenges: ChallengeStore,
+  hasHttp: boolean,
+  log: ConsolaInstance,
+): Promise<StoredCertificate> {
+  if (!hasHttp) {
+    // TODO(acme): renew with TLS-ALPN-01 while Bun.serve holds the HTTPS port; Bun.serve cannot
+    // negotiate acme-tls/1, so this needs a node:tls listener to take over the port meanwhile.
+    return Promise.reject(
+      new Error(
+        `renewal needs HTTP-01, but ${formatHostPort(config.httpListen.host, config.httpListen.port)} could not be bound`,
+      ),
+    );
+  }
+  const store = resolveAcmeStore(config.dataDir, config.acme.directoryUrl, config.domains);
+  return obtainCertificate({
+    settings: config.acme,
+    domains: config.domains,
+    store,
+    responders: { store: challenges, types: ["http-01"] },
+    log,
+  });
+}
+
+async function obtainLocalCertificate(
   config: Readonly<ProxyConfig>,
 ): Promise<CertificateBundle & { reused?: boolean }> {
   if (config.certificateFiles) {
@@ -73,7 +179,7 @@ async function obtainCertificate(
     config.listen.host.replace(/[^a-z0-9.-]/gi, "_"),
   );
   try {
-    await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+    await ensurePrivateFolder(config.dataDir);
     return await ensureSelfSignedCertificate(folder, selfSignedNames(config.listen.host));
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
@@ -104,12 +210,19 @@ export function selfSignedNames(listenHost: string): string[] {
 }
 
 function logCertificate(
-  bundle: CertificateBundle & { reused?: boolean },
+  bundle: CertificateBundle & { reused?: boolean; issuer?: string },
   config: Readonly<ProxyConfig>,
+  usesAcme: boolean,
   log: ConsolaInstance,
 ): void {
   const expiry = bundle.notAfter.toISOString().slice(0, 10);
-  if (config.certificateFiles) {
+  if (usesAcme) {
+    const acmeCert = bundle as StoredCertificate & { reused?: boolean };
+    const state = acmeCert.reused ? "stored" : "new";
+    log.info(
+      `certificate ${bundle.certPath} (${state}) for ${bundle.names.join(", ")} from ${acmeCert.issuer}, valid until ${bundle.notAfter.toISOString()}, renewal at ${renewalTime(acmeCert).toISOString()}`,
+    );
+  } else if (config.certificateFiles) {
     log.info(
       `certificate ${bundle.certPath} for ${bundle.names.join(", ")}, valid until ${expiry}`,
     );
@@ -126,8 +239,9 @@ function logCertificate(
 }
 
 function stopOnSignals(
-  servers: { stop(graceMs: number): Promise<void> },
+  listeners: (Listener | undefined)[],
   graceMs: number,
+  beforeStop: () => void,
   log: ConsolaInstance,
 ): void {
   let stopping = false;
@@ -137,10 +251,12 @@ function stopOnSignals(
       process.exit(1);
     }
     stopping = true;
+    beforeStop();
     log.info(
       `${signal} received: no new connections; waiting up to ${graceMs / 1000}s for open requests`,
     );
-    servers.stop(graceMs).then(() => {
+    const running = listeners.filter((listener) => listener !== undefined);
+    Promise.all(running.map((listener) => listener.stop(graceMs))).then(() => {
       log.info("stopped");
       process.exit(0);
     });

@@ -1,42 +1,48 @@
 import type { Server } from "bun";
 import type { ConsolaInstance } from "consola";
+import { createServer } from "node:net";
 import { formatHostPort, type ListenAddress } from "./address.ts";
 import type { CertificateBundle } from "./certs.ts";
 import { UserError } from "./errors.ts";
 import type { ProxyHandler } from "./proxy.ts";
 
-/** The listeners of a running proxy. */
-export interface RunningServers {
-  /** The port the HTTPS listener is bound to (the real one when -from asked for port 0). */
-  httpsPort: number;
-  /** The port of the plain-HTTP listener, when there is one. */
-  httpPort: number | undefined;
+/** A listener that can be stopped gracefully. */
+export interface Listener {
+  /** The bound port (the real one when port 0 was asked for). */
+  port: number;
   /** Stops accepting connections, waits up to `graceMs` for open requests, then closes them. */
   stop(graceMs: number): Promise<void>;
 }
 
-/** What startServers binds and serves. */
-export interface ServerOptions {
+/** The HTTPS listener, whose certificate can be replaced while it serves. */
+export interface HttpsListener extends Listener {
+  /** Starts serving `bundle` to new connections without dropping open ones. */
+  replaceCertificate(bundle: CertificateBundle): Promise<void>;
+}
+
+/** What startHttpsListener binds and serves. */
+export interface HttpsOptions {
   listen: ListenAddress;
   bundle: CertificateBundle;
   proxy: ProxyHandler;
-  /** The plain-HTTP listener, and a function that makes its handler from the bound HTTPS port. */
-  http?:
-    | { listen: ListenAddress; createHandler: (httpsPort: number) => (req: Request) => Response }
-    | undefined;
   log: ConsolaInstance;
 }
 
 /**
- * Binds the HTTPS listener (Bun.serve with TLS) and, if asked, the plain-HTTP listener.
- * A port that cannot be bound throws a UserError saying why and what to do.
+ * Binds the HTTPS listener: Bun.serve with TLS. It binds with SO_REUSEPORT so that a listener
+ * with a new certificate can be bound beside it (Bun's server.reload does not change the
+ * certificate). A port that cannot be bound throws a UserError saying why and what to do.
  */
-export function startServers(options: ServerOptions): RunningServers {
-  const { listen, bundle, proxy, log } = options;
-  const https = bind("-from", listen, () =>
+export async function startHttpsListener(options: HttpsOptions): Promise<HttpsListener> {
+  const { listen, proxy, log } = options;
+  // SO_REUSEPORT would let the bind succeed beside another program's reuse-port socket, so
+  // first check with an exclusive bind that the port is free.
+  await checkPortFree("-from", listen);
+  const serve = (bundle: CertificateBundle, port: number) =>
     Bun.serve({
       hostname: listen.host,
-      port: listen.port,
+      port,
+      reusePort: true,
       tls: { cert: bundle.cert, key: bundle.key },
       // Development mode would answer errors with source lines and a stack trace.
       development: false,
@@ -47,50 +53,52 @@ export function startServers(options: ServerOptions): RunningServers {
         // gaps in a streamed body, so it would cut slow answers and long streams.
         server.timeout(req, 0);
         const address = server.requestIP(req)?.address;
-        return proxy(req, { address, localPort: server.port ?? listen.port });
+        return proxy(req, { address, localPort: server.port ?? port });
       },
       error(error) {
         log.error(`internal error while serving a request: ${error.stack ?? error}`);
         return new Response("Internal Server Error\n", { status: 500 });
       },
-    }),
-  );
+    });
 
-  let http: Server<undefined> | undefined;
-  if (options.http) {
-    const { listen: httpListen, createHandler } = options.http;
-    const handler = createHandler(https.port!);
-    try {
-      http = bind("-httpFrom", httpListen, () =>
-        Bun.serve({
-          hostname: httpListen.host,
-          port: httpListen.port,
-          development: false,
-          fetch: handler,
-        }),
-      );
-    } catch (error) {
-      https.stop(true);
-      throw error;
-    }
-  }
-
+  let server = bind("-from", listen, () => serve(options.bundle, listen.port));
+  const port = server.port!;
+  const retired = new Set<Server<undefined>>();
   return {
-    httpsPort: https.port!,
-    httpPort: http?.port,
-    async stop(graceMs) {
-      const servers = [https, http].filter((server) => server !== undefined);
-      const drained = Promise.all(servers.map((server) => server.stop(false)));
-      const timedOut = await Promise.race([
-        drained.then(() => false),
-        sleep(graceMs).then(() => true),
-      ]);
-      if (timedOut) {
-        log.warn(`open requests did not finish within ${graceMs / 1000}s, closing them`);
-        await Promise.all(servers.map((server) => server.stop(true)));
-      }
+    port,
+    async replaceCertificate(bundle) {
+      const next = bind("-from", { host: listen.host, port }, () => serve(bundle, port));
+      const previous = server;
+      server = next;
+      // stop(false) stops accepting; connections already open finish on the old certificate.
+      retired.add(previous);
+      await previous.stop(false);
+      retired.delete(previous);
     },
+    stop: (graceMs) => stopGracefully([server, ...retired], graceMs, log),
   };
+}
+
+/** Binds a plain-HTTP listener (Bun.serve without TLS) that serves `handler`. */
+export function startHttpListener(
+  flag: string,
+  listen: ListenAddress,
+  handler: (req: Request) => Response,
+  log: ConsolaInstance,
+): Listener {
+  const server = bind(flag, listen, () =>
+    Bun.serve({ hostname: listen.host, port: listen.port, development: false, fetch: handler }),
+  );
+  return { port: server.port!, stop: (graceMs) => stopGracefully([server], graceMs, log) };
+}
+
+async function stopGracefully(servers: Server<undefined>[], graceMs: number, log: ConsolaInstance) {
+  const drained = Promise.all(servers.map((server) => server.stop(false)));
+  const timedOut = await Promise.race([drained.then(() => false), sleep(graceMs).then(() => true)]);
+  if (timedOut) {
+    log.warn(`open requests did not finish within ${graceMs / 1000}s, closing them`);
+    await Promise.all(servers.map((server) => server.stop(true)));
+  }
 }
 
 function bind(
@@ -103,6 +111,20 @@ function bind(
   } catch (error) {
     throw new UserError(describeBindError(flag, listen, error), { cause: error });
   }
+}
+
+/** Binds and releases `listen` with an exclusive socket, throwing the same UserError as a failed bind. */
+export async function checkPortFree(flag: string, listen: ListenAddress): Promise<void> {
+  if (listen.port === 0) return;
+  const probe = createServer();
+  await new Promise<void>((resolve, reject) => {
+    probe.once("error", (error) =>
+      reject(new UserError(describeBindError(flag, listen, error), { cause: error })),
+    );
+    probe.listen({ host: listen.host, port: listen.port, exclusive: true }, () =>
+      probe.close(() => resolve()),
+    );
+  });
 }
 
 /** Explains why a listen address could not be bound, and what the user can do about it. */

@@ -9,6 +9,8 @@ import {
   parseUpstream,
   resolveConfig,
   type FlagValues,
+  LETS_ENCRYPT_DIRECTORY,
+  LETS_ENCRYPT_STAGING_DIRECTORY,
 } from "../src/config.ts";
 import { UserError } from "../src/errors.ts";
 
@@ -37,6 +39,7 @@ const DEFAULT_FLAGS: FlagValues = {
   httpFrom: FLAGS.httpFrom.default,
   upstreamTimeout: FLAGS.upstreamTimeout.default,
   shutdownTimeout: FLAGS.shutdownTimeout.default,
+  staging: FLAGS.staging.default,
 };
 
 describe("FLAGS", () => {
@@ -256,7 +259,29 @@ describe("resolveConfig", () => {
       dataDir: join(homedir(), ".ssl-proxy"),
       upstreamTimeoutMs: 60_000,
       shutdownTimeoutMs: 10_000,
+      acme: { directoryUrl: LETS_ENCRYPT_DIRECTORY, email: undefined, caFile: undefined },
     });
+  });
+
+  test("-staging selects the staging CA", () => {
+    const config = resolveConfig({ ...DEFAULT_FLAGS, staging: true }, {});
+
+    expect(config.acme.directoryUrl).toBe(LETS_ENCRYPT_STAGING_DIRECTORY);
+  });
+
+  test.each([
+    [
+      { staging: true, acmeDirectory: "https://127.0.0.1:14000/dir" },
+      ["-staging", "-acmeDirectory"],
+    ],
+    [{ acmeDirectory: "http://127.0.0.1:14000/dir" }, ["-acmeDirectory", "https://"]],
+    [{ acmeDirectory: "pebble" }, ["-acmeDirectory", '"pebble"']],
+    [{ email: "me at example.edu" }, ["-email", '"me at example.edu"']],
+    [{ acmeCA: "" }, ["-acmeCA"]],
+  ])("rejects ACME flags %p", (flags, fragments) => {
+    const error = catchError(() => resolveConfig({ ...DEFAULT_FLAGS, ...flags }, {}));
+
+    expectUsageError(error, fragments);
   });
 
   test("returns a frozen config", () => {
@@ -277,6 +302,10 @@ describe("resolveConfig", () => {
       dataDir: "/srv/ssl-proxy",
       upstreamTimeout: "5s",
       shutdownTimeout: "1m",
+      email: "me@example.edu",
+      acmeDirectory: "https://127.0.0.1:14000/dir",
+      staging: false,
+      acmeCA: "pebble-ca.pem",
     };
 
     const config = resolveConfig(flags, {});
@@ -291,6 +320,11 @@ describe("resolveConfig", () => {
       dataDir: "/srv/ssl-proxy",
       upstreamTimeoutMs: 5000,
       shutdownTimeoutMs: 60_000,
+      acme: {
+        directoryUrl: "https://127.0.0.1:14000/dir",
+        email: "me@example.edu",
+        caFile: resolve("pebble-ca.pem"),
+      },
     });
   });
 

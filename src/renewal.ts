@@ -1,0 +1,80 @@
+import type { ConsolaInstance } from "consola";
+import type { StoredCertificate } from "./store.ts";
+
+/** Returns when a certificate is due for renewal: when a third of its lifetime remains. */
+export function renewalTime(cert: Pick<StoredCertificate, "notBefore" | "notAfter">): Date {
+  const lifetime = cert.notAfter.getTime() - cert.notBefore.getTime();
+  return new Date(cert.notAfter.getTime() - lifetime / 3);
+}
+
+/** Returns the delay before retry number `attempt` (1, 2, ...): it doubles from a base that fits the certificate's lifetime. */
+export function retryDelayMs(
+  cert: Pick<StoredCertificate, "notBefore" | "notAfter">,
+  attempt: number,
+): number {
+  const lifetime = cert.notAfter.getTime() - cert.notBefore.getTime();
+  const base = Math.min(60_000, Math.max(1000, lifetime / 100));
+  return Math.min(base * 2 ** (attempt - 1), 3_600_000, Math.max(1000, lifetime / 10));
+}
+
+/** The longest single timer; longer waits are split, since timers cannot exceed about 24.8 days. */
+const MAX_TIMER_STEP_MS = 24 * 60 * 60 * 1000;
+
+/** Settings for scheduleRenewal. */
+export interface RenewalOptions {
+  /** The certificate being served now. */
+  current: StoredCertificate;
+  /** Gets a new certificate from the CA; throws when it cannot. */
+  renew: () => Promise<StoredCertificate>;
+  /** Puts a new certificate into service. */
+  install: (cert: StoredCertificate) => Promise<void>;
+  log: ConsolaInstance;
+}
+
+/**
+ * Renews the certificate in the background when it is due, installs the new one, and repeats.
+ * A failed renewal is logged as a warning and retried with growing delays while the current
+ * certificate keeps being served. Returns a function that cancels the schedule.
+ */
+export function scheduleRenewal(options: RenewalOptions): () => void {
+  const { renew, install, log } = options;
+  let current = options.current;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let cancelled = false;
+
+  const waitUntil = (time: number, then: () => void) => {
+    const delay = time - Date.now();
+    if (cancelled) return;
+    if (delay > MAX_TIMER_STEP_MS) {
+      timer = setTimeout(() => waitUntil(time, then), MAX_TIMER_STEP_MS);
+    } else {
+      timer = setTimeout(then, Math.max(0, delay));
+    }
+    timer.unref?.();
+  };
+
+  const attempt = async (number: number) => {
+    try {
+      const next = await renew();
+      await install(next);
+      log.info(
+        `certificate renewed: serial ${next.serialNumber}, valid until ${next.notAfter.toISOString()}, next renewal at ${renewalTime(next).toISOString()}`,
+      );
+      current = next;
+      waitUntil(renewalTime(current).getTime(), () => attempt(1));
+    } catch (error) {
+      const delay = retryDelayMs(current, number);
+      const message = error instanceof Error ? error.message : String(error);
+      log.warn(
+        `certificate renewal failed (attempt ${number}), retrying in ${Math.round(delay / 1000)}s; the current certificate stays in service until ${current.notAfter.toISOString()}: ${message}`,
+      );
+      waitUntil(Date.now() + delay, () => attempt(number + 1));
+    }
+  };
+
+  waitUntil(renewalTime(current).getTime(), () => attempt(1));
+  return () => {
+    cancelled = true;
+    clearTimeout(timer);
+  };
+}
