@@ -75,11 +75,7 @@ async function requestCertificate(order: CertificateOrder): Promise<StoredCertif
     backoffMin: 250,
     backoffMax: 4000,
   });
-  // RFC 8555 section 7.3: creating an account with a known key returns the existing one.
-  await client.createAccount({
-    termsOfServiceAgreed: true,
-    ...(settings.email ? { contact: [`mailto:${settings.email}`] } : {}),
-  });
+  await ensureAccount(client, settings.email);
 
   const failures: string[] = [];
   for (const type of responders.types) {
@@ -159,6 +155,31 @@ async function validateAuthorization(
   } finally {
     store.httpTokens.delete(challenge.token);
     store.tlsContexts.delete(name);
+  }
+}
+
+/**
+ * Registers the account key with the CA, or finds the existing account (RFC 8555 section 7.3:
+ * a new-account request with a known key returns that account). For an existing account
+ * acme-client then sends the same fields as an update, which Pebble rejects when nothing
+ * changes; the account is known at that point, so that rejection is ignored.
+ */
+async function ensureAccount(client: acme.Client, email: string | undefined): Promise<void> {
+  try {
+    await client.createAccount({
+      termsOfServiceAgreed: true,
+      ...(email ? { contact: [`mailto:${email}`] } : {}),
+    });
+  } catch (error) {
+    if (!hasAccountUrl(client)) throw error;
+  }
+}
+
+function hasAccountUrl(client: acme.Client): boolean {
+  try {
+    return client.getAccountUrl() !== "";
+  } catch {
+    return false;
   }
 }
 

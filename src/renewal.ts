@@ -24,8 +24,8 @@ const MAX_TIMER_STEP_MS = 24 * 60 * 60 * 1000;
 export interface RenewalOptions {
   /** The certificate being served now. */
   current: StoredCertificate;
-  /** Gets a new certificate from the CA; throws when it cannot. */
-  renew: () => Promise<StoredCertificate>;
+  /** Gets a new certificate to replace `current` from the CA; throws when it cannot. */
+  renew: (current: StoredCertificate) => Promise<StoredCertificate>;
   /** Puts a new certificate into service. */
   install: (cert: StoredCertificate) => Promise<void>;
   log: ConsolaInstance;
@@ -55,7 +55,7 @@ export function scheduleRenewal(options: RenewalOptions): () => void {
 
   const attempt = async (number: number) => {
     try {
-      const next = await renew();
+      const next = await renew(current);
       await install(next);
       log.info(
         `certificate renewed: serial ${next.serialNumber}, valid until ${next.notAfter.toISOString()}, next renewal at ${renewalTime(next).toISOString()}`,

@@ -17,10 +17,16 @@ import {
 } from "./challenges.ts";
 import type { ProxyConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
-import { createProxyHandler } from "./proxy.ts";
+import { createProxyHandler, type ProxyHandler } from "./proxy.ts";
 import { createRedirectHandler } from "./redirect.ts";
 import { scheduleRenewal, renewalTime } from "./renewal.ts";
-import { startHttpListener, startHttpsListener, type Listener } from "./server.ts";
+import {
+  startHttpListener,
+  startHttpsListener,
+  type HttpsListener,
+  type Listener,
+} from "./server.ts";
+import { startStandInListener } from "./standin.ts";
 import { loadStoredCertificate, resolveAcmeStore, type StoredCertificate } from "./store.ts";
 import { createUpstreamClient } from "./upstream.ts";
 import { ensurePrivateFolder } from "./files.ts";
@@ -78,7 +84,10 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
   if (usesAcme) {
     cancelRenewal = scheduleRenewal({
       current: certificate as StoredCertificate,
-      renew: () => renewAcmeCertificate(config, challenges, http !== undefined, log),
+      renew: (current) =>
+        http !== undefined
+          ? renewAcmeCertificate(config, challenges, ["http-01"], log)
+          : renewWithStandIn(config, challenges, { https, current, proxy }, log),
       install: (next) => https.replaceCertificate(next),
       log,
     });
@@ -145,26 +154,40 @@ async function obtainAcmeCertificate(
 function renewAcmeCertificate(
   config: Readonly<ProxyConfig>,
   challenges: ChallengeStore,
-  hasHttp: boolean,
+  types: ChallengeType[],
   log: ConsolaInstance,
 ): Promise<StoredCertificate> {
-  if (!hasHttp) {
-    // TODO(acme): renew with TLS-ALPN-01 while Bun.serve holds the HTTPS port; Bun.serve cannot
-    // negotiate acme-tls/1, so this needs a node:tls listener to take over the port meanwhile.
-    return Promise.reject(
-      new Error(
-        `renewal needs HTTP-01, but ${formatHostPort(config.httpListen.host, config.httpListen.port)} could not be bound`,
-      ),
-    );
-  }
-  const store = resolveAcmeStore(config.dataDir, config.acme.directoryUrl, config.domains);
   return obtainCertificate({
     settings: config.acme,
     domains: config.domains,
-    store,
-    responders: { store: challenges, types: ["http-01"] },
+    store: resolveAcmeStore(config.dataDir, config.acme.directoryUrl, config.domains),
+    responders: { store: challenges, types },
     log,
   });
+}
+
+/**
+ * Renews by TLS-ALPN-01 while HTTPS keeps being served: a node:https stand-in that can answer
+ * acme-tls/1 takes the port beside Bun.serve, Bun.serve stops accepting until the order is
+ * done, then serves again and the stand-in closes.
+ */
+async function renewWithStandIn(
+  config: Readonly<ProxyConfig>,
+  challenges: ChallengeStore,
+  running: { https: HttpsListener; current: StoredCertificate; proxy: ProxyHandler },
+  log: ConsolaInstance,
+): Promise<StoredCertificate> {
+  const { https, current, proxy } = running;
+  const listen = { host: config.listen.host, port: https.port };
+  const standIn = await startStandInListener(listen, current, challenges, proxy);
+  await https.pause();
+  try {
+    return await renewAcmeCertificate(config, challenges, ["tls-alpn-01"], log);
+  } finally {
+    https.resume(current);
+    // Connections open on the stand-in finish there; nothing needs to wait for them.
+    void standIn.close();
+  }
 }
 
 async function obtainLocalCertificate(

@@ -18,6 +18,13 @@ export interface Listener {
 export interface HttpsListener extends Listener {
   /** Starts serving `bundle` to new connections without dropping open ones. */
   replaceCertificate(bundle: CertificateBundle): Promise<void>;
+  /**
+   * Stops accepting connections, letting open ones finish, until resume(). Another listener
+   * with SO_REUSEPORT must hold the port meanwhile, or new connections are refused.
+   */
+  pause(): Promise<void>;
+  /** Serves `bundle` again after pause(). */
+  resume(bundle: CertificateBundle): void;
 }
 
 /** What startHttpsListener binds and serves. */
@@ -61,21 +68,36 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
       },
     });
 
-  let server = bind("-from", listen, () => serve(options.bundle, listen.port));
-  const port = server.port!;
+  const first = bind("-from", listen, () => serve(options.bundle, listen.port));
+  const port = first.port!;
+  let server: Server<undefined> | undefined = first;
   const retired = new Set<Server<undefined>>();
+  // stop(false) stops accepting at once; connections already open finish on the old
+  // certificate, however long they last, so nothing waits for them here.
+  const retire = (previous: Server<undefined> | undefined) => {
+    if (!previous) return;
+    retired.add(previous);
+    void previous.stop(false).then(() => retired.delete(previous));
+  };
   return {
     port,
     async replaceCertificate(bundle) {
-      const next = bind("-from", { host: listen.host, port }, () => serve(bundle, port));
       const previous = server;
-      server = next;
-      // stop(false) stops accepting; connections already open finish on the old certificate.
-      retired.add(previous);
-      await previous.stop(false);
-      retired.delete(previous);
+      server = bind("-from", { host: listen.host, port }, () => serve(bundle, port));
+      retire(previous);
     },
-    stop: (graceMs) => stopGracefully([server, ...retired], graceMs, log),
+    async pause() {
+      const previous = server;
+      server = undefined;
+      retire(previous);
+    },
+    resume(bundle) {
+      server ??= bind("-from", { host: listen.host, port }, () => serve(bundle, port));
+    },
+    stop: (graceMs) => {
+      const open = [server, ...retired].filter((entry) => entry !== undefined);
+      return stopGracefully(open, graceMs, log);
+    },
   };
 }
 
