@@ -159,7 +159,8 @@ const HELP_EXAMPLES = `Examples:
   ssl-proxy -from 0.0.0.0:443 -to 127.0.0.1:5000 -cert fullchain.pem -key privkey.pem
       HTTPS on port 443 for every interface, with your own certificate and key.
 
-  ssl-proxy -from 0.0.0.0:443 -to 127.0.0.1:5000 -domain vm.example.edu -cert c.pem -key k.pem -redirectHTTP
-      Also redirect http://vm.example.edu to https://vm.example.edu.
+  ssl-proxy -from 0.0.0.0:443 -to 127.0.0.1:5000 -domain vm.example.edu -redirectHTTP
+      A certificate from Let's Encrypt for vm.example.edu, renewed automatically, and a
+      redirect from http://vm.example.edu to https://vm.example.edu.
 
 Flags may be written -flag value, -flag=value, --flag value or --flag=value.`;
