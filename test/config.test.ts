@@ -271,17 +271,26 @@ describe("resolveConfig", () => {
 
   test.each([
     [
-      { staging: true, acmeDirectory: "https://127.0.0.1:14000/dir" },
+      "-staging with -acmeDirectory",
+      { staging: true, acmeDirectory: "https://127.0.0.1:1/dir" },
       ["-staging", "-acmeDirectory"],
     ],
-    [{ acmeDirectory: "http://127.0.0.1:14000/dir" }, ["-acmeDirectory", "https://"]],
-    [{ acmeDirectory: "pebble" }, ["-acmeDirectory", '"pebble"']],
-    [{ email: "me at example.edu" }, ["-email", '"me at example.edu"']],
-    [{ acmeCA: "" }, ["-acmeCA"]],
-  ])("rejects ACME flags %p", (flags, fragments) => {
+    [
+      "an http -acmeDirectory",
+      { acmeDirectory: "http://127.0.0.1:14000/dir" },
+      ["-acmeDirectory", "https://"],
+    ],
+    [
+      "a -acmeDirectory that is no URL",
+      { acmeDirectory: "pebble" },
+      ["-acmeDirectory", '"pebble"'],
+    ],
+    ["a malformed -email", { email: "me at example.edu" }, ["-email", '"me at example.edu"']],
+    ["an empty -acmeCA", { acmeCA: "" }, ["-acmeCA"]],
+  ] as const)("rejects %s", (_, flags, fragments) => {
     const error = catchError(() => resolveConfig({ ...DEFAULT_FLAGS, ...flags }, {}));
 
-    expectUsageError(error, fragments);
+    expectUsageError(error, [...fragments]);
   });
 
   test("returns a frozen config", () => {
