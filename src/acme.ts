@@ -200,7 +200,7 @@ let configuredCaFile: string | undefined | null = null;
  * (they would wait out a rate limit's Retry-After, which can be hours), and a record of the
  * last RFC 7807 problem document so that errors can name rate limits.
  */
-async function configureAcmeHttp(caFile: string | undefined): Promise<void> {
+export async function configureAcmeHttp(caFile: string | undefined): Promise<void> {
   if (configuredCaFile === caFile) return;
   configuredCaFile = caFile;
   const http = acme.axios;

@@ -1,4 +1,5 @@
 import type { ConsolaInstance } from "consola";
+import type { RenewalWindow } from "./ari.ts";
 import type { StoredCertificate } from "./store.ts";
 
 /** Returns when a certificate is due for renewal: when a third of its lifetime remains. */
@@ -28,7 +29,15 @@ export interface RenewalOptions {
   renew: (current: StoredCertificate) => Promise<StoredCertificate>;
   /** Puts a new certificate into service. */
   install: (cert: StoredCertificate) => Promise<void>;
+  /** Asks the CA for a renewal window (ACME Renewal Information); undefined when it has none. */
+  suggestWindow?: (cert: StoredCertificate) => Promise<RenewalWindow | undefined>;
   log: ConsolaInstance;
+}
+
+/** Picks a uniformly random time in `window`, as RFC 9773 section 4.2 asks of clients. */
+export function pickTimeInWindow(window: RenewalWindow, random = Math.random()): number {
+  const start = window.start.getTime();
+  return start + random * (window.end.getTime() - start);
 }
 
 /**
@@ -37,20 +46,41 @@ export interface RenewalOptions {
  * certificate keeps being served. Returns a function that cancels the schedule.
  */
 export function scheduleRenewal(options: RenewalOptions): () => void {
-  const { renew, install, log } = options;
+  const { renew, install, suggestWindow, log } = options;
   let current = options.current;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let cancelled = false;
 
+  // Waits in steps of at most a day; with ARI each step asks the CA again, so that a window
+  // moved earlier (after a revocation, for instance) is followed.
   const waitUntil = (time: number, then: () => void) => {
-    const delay = time - Date.now();
     if (cancelled) return;
-    if (delay > MAX_TIMER_STEP_MS) {
-      timer = setTimeout(() => waitUntil(time, then), MAX_TIMER_STEP_MS);
-    } else {
+    const delay = time - Date.now();
+    if (delay <= MAX_TIMER_STEP_MS) {
       timer = setTimeout(then, Math.max(0, delay));
+    } else {
+      timer = setTimeout(
+        () => void plan(time).then((next) => waitUntil(next, then)),
+        MAX_TIMER_STEP_MS,
+      );
     }
     timer.unref?.();
+  };
+
+  // Returns the renewal time: a random point of the CA's window if it suggests one, else the
+  // earlier of `planned` and the point where a third of the lifetime remains.
+  const plan = async (planned: number) => {
+    const window = await suggestWindow?.(current).catch((error: unknown) => {
+      log.debug(`acme: no renewal information from the CA: ${error}`);
+      return undefined;
+    });
+    if (!window) return Math.min(planned, renewalTime(current).getTime());
+    if (planned >= window.start.getTime() && planned <= window.end.getTime()) return planned;
+    const time = pickTimeInWindow(window);
+    log.info(
+      `acme: the CA suggests renewing between ${window.start.toISOString()} and ${window.end.toISOString()}; renewal at ${new Date(time).toISOString()}`,
+    );
+    return time;
   };
 
   const attempt = async (number: number) => {
@@ -61,7 +91,7 @@ export function scheduleRenewal(options: RenewalOptions): () => void {
         `certificate renewed: serial ${next.serialNumber}, valid until ${next.notAfter.toISOString()}, next renewal at ${renewalTime(next).toISOString()}`,
       );
       current = next;
-      waitUntil(renewalTime(current).getTime(), () => attempt(1));
+      waitUntil(await plan(Infinity), () => attempt(1));
     } catch (error) {
       const delay = retryDelayMs(current, number);
       const message = error instanceof Error ? error.message : String(error);
@@ -72,7 +102,7 @@ export function scheduleRenewal(options: RenewalOptions): () => void {
     }
   };
 
-  waitUntil(renewalTime(current).getTime(), () => attempt(1));
+  void plan(Infinity).then((time) => waitUntil(time, () => attempt(1)));
   return () => {
     cancelled = true;
     clearTimeout(timer);

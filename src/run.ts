@@ -3,6 +3,7 @@ import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import { formatHost, formatHostPort, isUnspecifiedAddress } from "./address.ts";
 import { obtainCertificate, warnIfNotLocal, type ChallengeType } from "./acme.ts";
+import { fetchRenewalWindow } from "./ari.ts";
 import {
   ensureSelfSignedCertificate,
   loadCertificateFiles,
@@ -89,6 +90,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
           ? renewAcmeCertificate(config, challenges, ["http-01"], log)
           : renewWithStandIn(config, challenges, { https, current, proxy }, log),
       install: (next) => https.replaceCertificate(next),
+      suggestWindow: (current) => fetchRenewalWindow(config.acme, current.cert),
       log,
     });
   }
