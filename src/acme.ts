@@ -195,33 +195,57 @@ async function ensureAccountKey(store: AcmeStore): Promise<string> {
 let lastProblem: { type: string; detail: string; retryAfter: string | undefined } | undefined;
 let configuredCaFile: string | undefined | null = null;
 
+/** Settings of one request as acme-client's axios instance carries them. */
+interface AcmeRequestConfig {
+  retryAttempt?: number;
+  retryValidateStatus?: ((status: number) => boolean) | null;
+}
+
 /**
- * Sets up acme-client's HTTP client once: trust for the -acmeCA roots, no automatic retries
- * (they would wait out a rate limit's Retry-After, which can be hours), and a record of the
- * last RFC 7807 problem document so that errors can name rate limits.
+ * Sets up acme-client's HTTP client once: trust for the -acmeCA roots, and a response handler
+ * in place of acme-client's. Its handler loses the error code of a failed connection (it reads
+ * the missing response) and waits out a 429's Retry-After, which can be hours. This one keeps
+ * network errors as they are, retries a server error twice, reports rate limits at once, and
+ * records the last RFC 7807 problem document so that errors can name rate limits.
  */
 export async function configureAcmeHttp(caFile: string | undefined): Promise<void> {
   if (configuredCaFile === caFile) return;
-  configuredCaFile = caFile;
   const http = acme.axios;
-  // acmeSettings is acme-client's own addition to its axios instance's defaults.
-  const defaults = http.defaults as typeof http.defaults & { acmeSettings: Record<string, number> };
-  defaults.acmeSettings = { ...defaults.acmeSettings, retryMaxAttempts: 0 };
   if (caFile !== undefined) {
     const pem = await readCaFile(caFile);
     http.defaults.httpsAgent = new Agent({ ca: [...rootCertificates, pem], keepAlive: true });
   }
-  http.interceptors.response.use((response) => {
-    const contentType = String(response.headers["content-type"] ?? "");
-    if (contentType.startsWith("application/problem+json") && response.data) {
-      lastProblem = {
-        type: String(response.data.type ?? ""),
-        detail: String(response.data.detail ?? ""),
-        retryAfter: response.headers["retry-after"] as string | undefined,
-      };
-    }
-    return response;
-  });
+  if (configuredCaFile === null) {
+    // acme-client's request handler sets validateStatus to reject every response, so every
+    // response arrives here, and its original validateStatus is kept as retryValidateStatus.
+    http.interceptors.response.clear();
+    http.interceptors.response.use(undefined, async (error) => {
+      const config = error.config as (AcmeRequestConfig & object) | undefined;
+      const response = error.response;
+      if (!config || !response) throw error;
+      recordProblem(response);
+      config.retryAttempt = (config.retryAttempt ?? 0) + 1;
+      if (response.status >= 500 && config.retryAttempt <= 2) {
+        await new Promise((resolve) => setTimeout(resolve, 1000 * config.retryAttempt!));
+        return http.request(config as Parameters<typeof http.request>[0]);
+      }
+      const validate = config.retryValidateStatus;
+      if (!validate || validate(response.status)) return response;
+      throw error;
+    });
+  }
+  configuredCaFile = caFile;
+}
+
+function recordProblem(response: { headers: Record<string, unknown>; data?: unknown }): void {
+  const contentType = String(response.headers["content-type"] ?? "");
+  const data = response.data as { type?: unknown; detail?: unknown } | undefined;
+  if (!contentType.startsWith("application/problem+json") || !data) return;
+  lastProblem = {
+    type: String(data.type ?? ""),
+    detail: String(data.detail ?? ""),
+    retryAfter: response.headers["retry-after"] as string | undefined,
+  };
 }
 
 async function readCaFile(path: string): Promise<string> {
