@@ -11,15 +11,15 @@ import { UserError } from "./errors.ts";
 import { ensurePrivateFolder, readOptionalFile, writeFileAtomically } from "./files.ts";
 import { saveCertificate, type AcmeStore, type StoredCertificate } from "./store.ts";
 
-/** The ACME challenge types ssl-proxy can answer, in the order it tries them. */
+/** The ACME challenge types ssl-proxy can respond to, in the order it tries them. */
 export type ChallengeType = "http-01" | "tls-alpn-01";
 
-/** What obtainCertificate needs to answer challenges. */
+/** What obtainCertificate needs to respond to challenges. */
 export interface ChallengeResponders {
   store: ChallengeStore;
   /** Challenge types to try, in order; the next is tried when the CA cannot validate one. */
   types: ChallengeType[];
-  /** Starts answering TLS-ALPN-01 on the HTTPS port, and returns how to stop. */
+  /** Starts responding to TLS-ALPN-01 on the HTTPS port, and returns a handle to stop it. */
   startTlsAlpn?: () => Promise<{ close(): Promise<void> }>;
 }
 
@@ -32,7 +32,7 @@ export interface CertificateOrder {
   log: ConsolaInstance;
 }
 
-/** The longest time a certificate order may take before ssl-proxy gives up. */
+/** The maximum time a certificate order may take before ssl-proxy gives up. */
 export const ORDER_TIMEOUT_MS = 110_000;
 
 /** A challenge the CA tried and could not validate, with the CA's own reason. */

@@ -29,8 +29,8 @@ function toBase64Url(hex: string): string {
 }
 
 /**
- * Asks the CA when to renew `certPem`, through the renewalInfo resource of its ACME directory.
- * Returns undefined when the CA offers no ARI or the answer is unusable; the caller then uses
+ * Queries the CA for when to renew `certPem`, through the renewalInfo resource of its ACME directory.
+ * Returns undefined when the CA offers no ARI or the response is unusable; the caller then uses
  * its own schedule. acme-client's HTTP client is used, so that -acmeCA applies.
  */
 export async function fetchRenewalWindow(

@@ -22,7 +22,7 @@ export class ChallengeStore {
 }
 
 /**
- * Wraps a plain-HTTP handler so that HTTP-01 challenge requests are answered first, from
+ * Wraps a plain-HTTP handler so that HTTP-01 challenge requests are served first, from
  * `store`, whatever the Host header says.
  */
 export function withHttpChallenges(
@@ -46,7 +46,7 @@ function pathOf(url: string): string {
   return start === -1 ? "/" : url.slice(start, end === -1 ? undefined : end);
 }
 
-/** The plain-HTTP answer when -redirectHTTP is off: only challenges are served there. */
+/** The plain-HTTP response when -redirectHTTP is off: only challenges are served there. */
 export function notFoundHandler(): Response {
   return new Response("Not Found: this port serves only ACME challenges; use https://\n", {
     status: 404,

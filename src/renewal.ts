@@ -18,7 +18,7 @@ export function retryDelayMs(
   return Math.min(base * 2 ** (attempt - 1), 3_600_000, Math.max(1000, lifetime / 10));
 }
 
-/** The longest single timer; longer waits are split, since timers cannot exceed about 24.8 days. */
+/** The maximum delay of one timer; longer waits are split, since timers cannot exceed about 24.8 days. */
 const MAX_TIMER_STEP_MS = 24 * 60 * 60 * 1000;
 
 /** Settings for scheduleRenewal. */
@@ -34,7 +34,7 @@ export interface RenewalOptions {
   log: ConsolaInstance;
 }
 
-/** Picks a uniformly random time in `window`, as RFC 9773 section 4.2 asks of clients. */
+/** Picks a uniformly random time in `window`, as RFC 9773 section 4.2 requires of clients. */
 export function pickTimeInWindow(window: RenewalWindow, random = Math.random()): number {
   const start = window.start.getTime();
   return start + random * (window.end.getTime() - start);
@@ -51,7 +51,7 @@ export function scheduleRenewal(options: RenewalOptions): () => void {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let cancelled = false;
 
-  // Waits in steps of at most a day; with ARI each step asks the CA again, so that a window
+  // Waits in steps of at most a day; with ARI each step queries the CA again, so that a window
   // moved earlier (after a revocation, for instance) is followed.
   const waitUntil = (time: number, then: () => void) => {
     if (cancelled) return;

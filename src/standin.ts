@@ -21,7 +21,7 @@ export async function startStandInListener(
   store: ChallengeStore,
   proxy: ProxyHandler,
 ): Promise<{ close(): Promise<void> }> {
-  // The private server sees each connection from this process, so the client's real address
+  // Each connection to the private server comes from this process, so the client's real address
   // is looked up by the local port of the piping connection.
   const clients = new Map<number, string | undefined>();
   const inner = Bun.serve({
