@@ -55,7 +55,7 @@ export function notFoundHandler(): Response {
 
 /**
  * Listens on the HTTPS address with node:tls while no certificate is served yet, and
- * answers TLS-ALPN-01 validation connections from `store`. Bun.serve cannot negotiate the
+ * responds to TLS-ALPN-01 validation connections from `store`. Bun.serve cannot negotiate the
  * acme-tls/1 protocol, so this listener stands in until the first certificate is obtained.
  */
 export async function startTlsAlpnResponder(

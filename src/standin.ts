@@ -6,7 +6,7 @@ import { ACME_TLS_PROTOCOL, type ChallengeStore } from "./challenges.ts";
 import type { ProxyHandler } from "./proxy.ts";
 
 /**
- * Starts a listener beside Bun.serve on the HTTPS port (both with SO_REUSEPORT) that answers
+ * Starts a listener beside Bun.serve on the HTTPS port (both with SO_REUSEPORT) that responds to
  * TLS-ALPN-01 validation connections from `store` and serves every other connection with
  * `bundle`. Bun.serve cannot negotiate acme-tls/1, so during a renewal by TLS-ALPN-01 this
  * listener holds the port alone while Bun.serve is paused.
