@@ -55,12 +55,20 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
       development: false,
       // Uploads stream through; the backend applies its own limit.
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
-      fetch(req, server) {
-        // Bun's idle timer also runs while the handler waits for the backend and during quiet
-        // gaps in a streamed body, so it would cut slow answers and long streams.
+      async fetch(req, server) {
+        // Bun's idle timer (10 s by default) also runs while the handler waits for the backend,
+        // so it is off until the response starts; -upstreamTimeout bounds that wait instead.
+        // The setting stays on the connection, so it is set again for the response and for the
+        // idle time after it. Bun counts the new limit from the last read, so after a wait
+        // close to the limit the connection would be cut at once; it then stays off.
         server.timeout(req, 0);
+        const started = performance.now();
         const address = server.requestIP(req)?.address;
-        return proxy(req, { address, localPort: server.port ?? port });
+        const res = await proxy(req, { address, localPort: server.port ?? port });
+        if (performance.now() - started < RESPONSE_IDLE_SECONDS * 500) {
+          server.timeout(req, RESPONSE_IDLE_SECONDS);
+        }
+        return res;
       },
       error(error) {
         log.error(`internal error while serving a request: ${error.stack ?? error}`);
@@ -100,6 +108,13 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
     },
   };
 }
+
+/**
+ * Seconds of silence after which a connection is closed once its response has started: the
+ * longest that Bun.serve's idle timer allows. It bounds idle keep-alive connections and
+ * lets a streamed response pause for up to four minutes.
+ */
+export const RESPONSE_IDLE_SECONDS = 255;
 
 /** Binds a plain-HTTP listener (Bun.serve without TLS) that serves `handler`. */
 export function startHttpListener(
