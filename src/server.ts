@@ -114,6 +114,7 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
  * longest that Bun.serve's idle timer allows. It bounds idle keep-alive connections and
  * lets a streamed response pause for up to four minutes.
  */
+// NOTE: no test waits 255 s for an idle connection to close; a probe with a 3 s limit did.
 export const RESPONSE_IDLE_SECONDS = 255;
 
 /** Binds a plain-HTTP listener (Bun.serve without TLS) that serves `handler`. */
