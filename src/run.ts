@@ -2,7 +2,12 @@ import { hostname, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import { formatHost, formatHostPort, isUnspecifiedAddress } from "./address.ts";
-import { obtainCertificate, warnIfNotLocal, type ChallengeType } from "./acme.ts";
+import {
+  configureAcmeHttp,
+  obtainCertificate,
+  warnIfNotLocal,
+  type ChallengeType,
+} from "./acme.ts";
 import { fetchRenewalWindow } from "./ari.ts";
 import {
   ensureSelfSignedCertificate,
@@ -39,15 +44,18 @@ import { ensurePrivateFolder } from "./files.ts";
  */
 export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstance): Promise<void> {
   const usesAcme = config.domains.length > 0 && !config.certificateFiles;
+  // Files are checked before any port is bound: the certificate files, or the -acmeCA file.
+  const localCertificate = usesAcme ? undefined : await obtainLocalCertificate(config);
+  if (usesAcme) await configureAcmeHttp(config.acme.caFile);
+
   const challenges = new ChallengeStore();
   let httpsPort = config.listen.port;
   const http = startPlainHttpListener(config, challenges, () => httpsPort, log);
-
   let certificate: CertificateBundle & { reused?: boolean };
   try {
-    certificate = usesAcme
-      ? await obtainAcmeCertificate(config, challenges, http !== undefined, log)
-      : await obtainLocalCertificate(config);
+    certificate =
+      localCertificate ??
+      (await obtainAcmeCertificate(config, challenges, http !== undefined, log));
   } catch (error) {
     await http?.stop(0);
     throw error;

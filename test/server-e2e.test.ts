@@ -156,6 +156,36 @@ describe.each(PROXY_COMMANDS)("listeners ($name)", (command) => {
     ]);
   });
 
+  test("checks -cert before binding a port", async () => {
+    const blocker = createServer();
+    await new Promise<void>((done) => blocker.listen(0, "127.0.0.1", done));
+    const httpPort = (blocker.address() as { port: number }).port;
+    const missing = join(makeTempDir("missing"), "cert.pem");
+    const args = ["-to", backendURL, "-redirectHTTP", "-httpFrom", `127.0.0.1:${httpPort}`];
+
+    const result = await runToExit(command, [...args, "-cert", missing, "-key", certFiles.key]);
+    blocker.close();
+
+    // A bind first would have failed on the taken -httpFrom port instead.
+    expect(result.exitCode).not.toBe(0);
+    expect(result.stderr.trim()).toBe(`ssl-proxy: cannot read -cert "${missing}": no such file`);
+  });
+
+  test("checks -acmeCA before binding a port", async () => {
+    const blocker = createServer();
+    await new Promise<void>((done) => blocker.listen(0, "127.0.0.1", done));
+    const httpPort = (blocker.address() as { port: number }).port;
+    const missing = join(makeTempDir("missing"), "ca.pem");
+    const args = ["-to", backendURL, "-redirectHTTP", "-httpFrom", `127.0.0.1:${httpPort}`];
+    const acme = ["-domain", "a.test", "-acmeDirectory", "https://127.0.0.1:1/dir"];
+
+    const result = await runToExit(command, [...args, ...acme, "-acmeCA", missing]);
+    blocker.close();
+
+    expect(result.exitCode).not.toBe(0);
+    expect(result.stderr.trim()).toBe(`ssl-proxy: cannot read -acmeCA "${missing}": ENOENT`);
+  });
+
   test("explains a privileged port without root", async () => {
     const args = [
       "-from",
