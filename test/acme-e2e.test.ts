@@ -452,6 +452,42 @@ describe.each(PROXY_COMMANDS)("ssl-proxy ACME ($name)", (command) => {
       }),
     );
 
+    test.concurrent("HTTP listener serves only challenges", () =>
+      shared.use(async (pebble) => {
+        await withAcmeProxy(command, pebble, "a.test", makeTempDir("data"), async (proxy) => {
+          const url = `http://127.0.0.1:${pebble.httpPort}/other?x=1`;
+
+          const result = await run(["curl", "-s", "-w", "\n%{http_code}", url]);
+
+          expect(result.stdout).toBe(
+            "Not Found: this port serves only ACME challenges; use https://\n\n404",
+          );
+          expect(proxy.stdout()).toContain(
+            `http://127.0.0.1:${pebble.httpPort} -> ACME challenges only\n`,
+          );
+        });
+      }),
+    );
+
+    test.concurrent("-redirectHTTP redirects beside challenges", () =>
+      shared.use(async (pebble) => {
+        const args = [...acmeArgs(pebble, "a.test", makeTempDir("data")), "-redirectHTTP"];
+        const proxy = await startProxy(command, args);
+        try {
+          const url = `http://127.0.0.1:${pebble.httpPort}/login?next=/`;
+
+          const result = await run(["curl", "-s", "-o", "/dev/null", "-D", "-", url]);
+
+          expect(result.stdout).toStartWith("HTTP/1.1 301");
+          expect(result.stdout).toContain(
+            `Location: https://a.test:${proxy.port}/login?next=/\r\n`,
+          );
+        } finally {
+          await proxy.stop();
+        }
+      }),
+    );
+
     test.concurrent("TLS-ALPN-01 when HTTP port busy", () =>
       shared.use(async (pebble) => {
         const occupied = await occupyPort(pebble.httpPort);
