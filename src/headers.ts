@@ -31,6 +31,26 @@ export interface ClientConnection {
   address: string | undefined;
   /** The port the proxy received the request on. */
   localPort: number;
+  /**
+   * Connects the request to a WebSocket at `url` on the backend, sending `headers`; resolves
+   * with undefined once the connection is upgraded. Undefined where the runtime has no support.
+   */
+  upgradeWebSocket?: ((url: string, headers: Headers) => Promise<Response | undefined>) | undefined;
+}
+
+/**
+ * Tells whether a request is a WebSocket opening handshake (RFC 6455 section 4.1): a GET with
+ * `Upgrade: websocket`, `Connection: upgrade` and a Sec-WebSocket-Key. Any other request with
+ * an Upgrade header is forwarded as plain HTTP, without it.
+ */
+export function isWebSocketUpgrade(req: Request): boolean {
+  const { headers } = req;
+  return (
+    req.method === "GET" &&
+    headers.get("upgrade")?.toLowerCase() === "websocket" &&
+    /(^|,)\s*upgrade\s*(,|$)/i.test(headers.get("connection") ?? "") &&
+    headers.has("sec-websocket-key")
+  );
 }
 
 /**

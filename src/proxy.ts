@@ -1,10 +1,21 @@
 import type { ConsolaInstance } from "consola";
 import type { Upstream } from "./config.ts";
-import { setForwardedHeaders, stripHopByHopHeaders, type ClientConnection } from "./headers.ts";
+import {
+  isWebSocketUpgrade,
+  setForwardedHeaders,
+  stripHopByHopHeaders,
+  type ClientConnection,
+} from "./headers.ts";
 import type { UpstreamClient } from "./upstream.ts";
 
-/** A runtime-neutral request handler: a web Request in, a Response out. */
-export type ProxyHandler = (req: Request, client: ClientConnection) => Promise<Response>;
+/**
+ * A runtime-neutral request handler: a web Request in, a Response out, or undefined when the
+ * connection became a WebSocket through `client.upgradeWebSocket`.
+ */
+export type ProxyHandler = (
+  req: Request,
+  client: ClientConnection,
+) => Promise<Response | undefined>;
 
 /** Settings for createProxyHandler. */
 export interface ProxyOptions {
@@ -31,6 +42,9 @@ export function createProxyHandler(options: ProxyOptions): ProxyHandler {
     stripHopByHopHeaders(headers);
     normalizeRequestHeaders(headers);
     setForwardedHeaders(headers, host, connection);
+    if (connection.upgradeWebSocket && isWebSocketUpgrade(req)) {
+      return connection.upgradeWebSocket(url, headers);
+    }
 
     const deadline = new AbortController();
     const timer =

@@ -71,6 +71,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
     listen: config.listen,
     bundle: certificate,
     proxy,
+    upstreamTimeoutMs: config.upstreamTimeoutMs,
     log,
   }).catch(async (error: unknown) => {
     await http?.stop(0);
@@ -189,7 +190,8 @@ async function renewWithStandIn(
 ): Promise<StoredCertificate> {
   const { https, current, proxy } = running;
   const listen = { host: config.listen.host, port: https.port };
-  const standIn = await startStandInListener(listen, current, challenges, proxy);
+  const options = { upstreamTimeoutMs: config.upstreamTimeoutMs, log };
+  const standIn = await startStandInListener(listen, current, challenges, proxy, options);
   await https.pause();
   try {
     return await renewAcmeCertificate(config, challenges, ["tls-alpn-01"], log);

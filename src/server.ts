@@ -5,6 +5,7 @@ import { formatHostPort, type ListenAddress } from "./address.ts";
 import type { CertificateBundle } from "./certs.ts";
 import { UserError } from "./errors.ts";
 import type { ProxyHandler } from "./proxy.ts";
+import { proxyWebSocket, WEBSOCKET_HANDLERS, type WebSocketSession } from "./websocket.ts";
 
 /** A listener that can be stopped gracefully. */
 export interface Listener {
@@ -32,7 +33,37 @@ export interface HttpsOptions {
   listen: ListenAddress;
   bundle: CertificateBundle;
   proxy: ProxyHandler;
+  /** Longest wait for the backend to accept a WebSocket, in ms; 0 for none. */
+  upstreamTimeoutMs: number;
   log: ConsolaInstance;
+}
+
+/**
+ * Serves one request of a Bun.serve listener through the proxy handler, WebSocket upgrades
+ * included. Bun's idle timer (10 s by default) also runs while the handler waits for the
+ * backend, so it is off until the response starts, and -upstreamTimeout bounds that wait
+ * instead. The setting stays on the connection, so it is set again for the response and the
+ * idle time after it. Bun counts the new limit from the last read, so after a wait close to
+ * the limit the connection would be cut at once, and the timer then stays off.
+ */
+export async function serveThroughProxy(
+  req: Request,
+  server: Server<WebSocketSession>,
+  proxy: ProxyHandler,
+  connection: { address: string | undefined; localPort: number },
+  options: { upstreamTimeoutMs: number; log: ConsolaInstance },
+): Promise<Response | undefined> {
+  server.timeout(req, 0);
+  const started = performance.now();
+  const res = await proxy(req, {
+    ...connection,
+    upgradeWebSocket: (url, headers) =>
+      proxyWebSocket(req, server, url, headers, options.upstreamTimeoutMs, options.log),
+  });
+  if (res && performance.now() - started < RESPONSE_IDLE_SECONDS * 500) {
+    server.timeout(req, RESPONSE_IDLE_SECONDS);
+  }
+  return res;
 }
 
 /**
@@ -55,20 +86,11 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
       development: false,
       // Uploads stream through; the backend applies its own limit.
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
-      async fetch(req, server) {
-        // Bun's idle timer (10 s by default) also runs while the handler waits for the backend,
-        // so it is off until the response starts; -upstreamTimeout bounds that wait instead.
-        // The setting stays on the connection, so it is set again for the response and for the
-        // idle time after it. Bun counts the new limit from the last read, so after a wait
-        // close to the limit the connection would be cut at once; it then stays off.
-        server.timeout(req, 0);
-        const started = performance.now();
-        const address = server.requestIP(req)?.address;
-        const res = await proxy(req, { address, localPort: server.port ?? port });
-        if (performance.now() - started < RESPONSE_IDLE_SECONDS * 500) {
-          server.timeout(req, RESPONSE_IDLE_SECONDS);
-        }
-        return res;
+      websocket: WEBSOCKET_HANDLERS,
+      fetch(req, server) {
+        const localPort = server.port ?? port;
+        const connection = { address: server.requestIP(req)?.address, localPort };
+        return serveThroughProxy(req, server, proxy, connection, options);
       },
       error(error) {
         log.error(`internal error while serving a request: ${error.stack ?? error}`);
@@ -78,11 +100,11 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
 
   const first = bind("-from", listen, () => serve(options.bundle, listen.port));
   const port = first.port!;
-  let server: Server<undefined> | undefined = first;
-  const retired = new Set<Server<undefined>>();
+  let server: Server<WebSocketSession> | undefined = first;
+  const retired = new Set<Server<WebSocketSession>>();
   // stop(false) stops accepting at once; connections already open finish on the old
   // certificate, however long they last, so nothing waits for them here.
-  const retire = (previous: Server<undefined> | undefined) => {
+  const retire = (previous: Server<WebSocketSession> | undefined) => {
     if (!previous) return;
     retired.add(previous);
     void previous.stop(false).then(() => retired.delete(previous));
@@ -130,7 +152,11 @@ export function startHttpListener(
   return { port: server.port!, stop: (graceMs) => stopGracefully([server], graceMs, log) };
 }
 
-async function stopGracefully(servers: Server<undefined>[], graceMs: number, log: ConsolaInstance) {
+async function stopGracefully(
+  servers: Server<WebSocketSession>[],
+  graceMs: number,
+  log: ConsolaInstance,
+) {
   const drained = Promise.all(servers.map((server) => server.stop(false)));
   const timedOut = await Promise.race([drained.then(() => false), sleep(graceMs).then(() => true)]);
   if (timedOut) {
@@ -142,8 +168,8 @@ async function stopGracefully(servers: Server<undefined>[], graceMs: number, log
 function bind(
   flag: string,
   listen: ListenAddress,
-  serve: () => Server<undefined>,
-): Server<undefined> {
+  serve: () => Server<WebSocketSession>,
+): Server<WebSocketSession> {
   try {
     return serve();
   } catch (error) {

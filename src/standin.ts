@@ -3,7 +3,10 @@ import { createSecureContext, createServer } from "node:tls";
 import type { ListenAddress } from "./address.ts";
 import type { CertificateBundle } from "./certs.ts";
 import { ACME_TLS_PROTOCOL, type ChallengeStore } from "./challenges.ts";
+import type { ConsolaInstance } from "consola";
 import type { ProxyHandler } from "./proxy.ts";
+import { serveThroughProxy } from "./server.ts";
+import { WEBSOCKET_HANDLERS } from "./websocket.ts";
 
 /**
  * Starts a listener beside Bun.serve on the HTTPS port (both with SO_REUSEPORT) that responds to
@@ -20,6 +23,7 @@ export async function startStandInListener(
   bundle: CertificateBundle,
   store: ChallengeStore,
   proxy: ProxyHandler,
+  options: { upstreamTimeoutMs: number; log: ConsolaInstance },
 ): Promise<{ close(): Promise<void> }> {
   // Each connection to the private server comes from this process, so the client's real address
   // is looked up by the local port of the piping connection.
@@ -29,11 +33,11 @@ export async function startStandInListener(
     port: 0,
     development: false,
     maxRequestBodySize: Number.MAX_SAFE_INTEGER,
+    websocket: WEBSOCKET_HANDLERS,
     fetch(req, server) {
-      server.timeout(req, 0);
       const peer = server.requestIP(req);
       const address = peer ? clients.get(peer.port) : undefined;
-      return proxy(req, { address, localPort: listen.port });
+      return serveThroughProxy(req, server, proxy, { address, localPort: listen.port }, options);
     },
   });
 

@@ -1,6 +1,11 @@
 import { describe, expect, test } from "bun:test";
 import type { Upstream } from "../src/config.ts";
-import { HOP_BY_HOP_HEADERS, setForwardedHeaders, stripHopByHopHeaders } from "../src/headers.ts";
+import {
+  HOP_BY_HOP_HEADERS,
+  isWebSocketUpgrade,
+  setForwardedHeaders,
+  stripHopByHopHeaders,
+} from "../src/headers.ts";
 import { joinUpstreamURL, requestTarget } from "../src/proxy.ts";
 
 const ORIGIN = "http://127.0.0.1:5000";
@@ -228,5 +233,31 @@ describe("setForwardedHeaders", () => {
     expect(headers.get("x-forwarded-proto")).toBe("https");
     expect(headers.get("x-forwarded-host")).toBe("app.example");
     expect(headers.get("x-forwarded-port")).toBe("4430");
+  });
+});
+
+describe("isWebSocketUpgrade", () => {
+  const handshake = {
+    upgrade: "websocket",
+    connection: "keep-alive, Upgrade",
+    "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "sec-websocket-version": "13",
+  };
+
+  test("accepts an opening handshake", () => {
+    const req = new Request("https://a.test/ws", { headers: handshake });
+
+    expect(isWebSocketUpgrade(req)).toBe(true);
+  });
+
+  test.each([
+    ["a POST", { method: "POST", headers: handshake }],
+    ["no Sec-WebSocket-Key", { headers: { upgrade: "websocket", connection: "upgrade" } }],
+    ["no Connection: upgrade", { headers: { ...handshake, connection: "keep-alive" } }],
+    ["another protocol", { headers: { ...handshake, upgrade: "h2c" } }],
+  ])("rejects %s", (_, init) => {
+    const req = new Request("https://a.test/ws", init);
+
+    expect(isWebSocketUpgrade(req)).toBe(false);
   });
 });

@@ -1,0 +1,130 @@
+import type { Server, ServerWebSocket, WebSocketHandler } from "bun";
+import type { ConsolaInstance } from "consola";
+
+/** One proxied WebSocket: the client's side (once upgraded) and the backend's. */
+export interface WebSocketSession {
+  upstream: WebSocket;
+  client: ServerWebSocket<WebSocketSession> | undefined;
+  /** Messages from the backend that arrived before the client's side was open. */
+  pending: (string | ArrayBuffer)[];
+}
+
+/** Headers the WebSocket client sets itself, or that describe only the client's connection. */
+const OWN_HANDSHAKE_HEADERS = new Set([
+  "host",
+  "sec-websocket-key",
+  "sec-websocket-version",
+  "sec-websocket-extensions",
+  "sec-websocket-protocol",
+]);
+
+/** Past this many bytes queued for a slow reader, the session is closed instead of growing. */
+const MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+/** RFC 6455 section 7.4.1: 1013 "Try Again Later", used when a reader is too slow. */
+const CLOSE_TRY_AGAIN_LATER = 1013;
+
+/**
+ * Opens a WebSocket to the backend with the client's subprotocols and end-to-end headers,
+ * then upgrades the client's request, answering with the subprotocol the backend chose.
+ * Returns undefined once upgraded, or an error Response when the backend cannot be reached.
+ */
+export async function proxyWebSocket(
+  req: Request,
+  server: Server<WebSocketSession>,
+  url: string,
+  headers: Headers,
+  timeoutMs: number,
+  log: ConsolaInstance,
+): Promise<Response | undefined> {
+  const protocols = (req.headers.get("sec-websocket-protocol") ?? "")
+    .split(",")
+    .map((protocol) => protocol.trim())
+    .filter((protocol) => protocol !== "");
+  const forwarded: Record<string, string> = {};
+  headers.forEach((value, name) => {
+    if (!OWN_HANDSHAKE_HEADERS.has(name)) forwarded[name] = value;
+  });
+  const upstream = new WebSocket(url.replace(/^http/, "ws"), { protocols, headers: forwarded });
+  upstream.binaryType = "arraybuffer";
+  const session: WebSocketSession = { upstream, client: undefined, pending: [] };
+  upstream.onmessage = (event) => {
+    if (session.client) relayToClient(session.client, event.data);
+    else session.pending.push(event.data);
+  };
+
+  const failure = await waitForOpen(upstream, timeoutMs);
+  if (failure !== undefined) {
+    log.error(`WebSocket ${url}: ${failure}`);
+    return new Response("Bad Gateway: the app behind ssl-proxy refused the WebSocket\n", {
+      status: 502,
+    });
+  }
+  // Bun.serve would otherwise echo the client's first subprotocol, whatever the backend chose.
+  const chosen = upstream.protocol ? { "sec-websocket-protocol": upstream.protocol } : undefined;
+  if (!server.upgrade(req, { data: session, ...(chosen ? { headers: chosen } : {}) })) {
+    upstream.close();
+    return new Response("Bad Request: invalid WebSocket handshake\n", { status: 400 });
+  }
+  return undefined;
+}
+
+function waitForOpen(upstream: WebSocket, timeoutMs: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const timer = timeoutMs > 0 ? setTimeout(() => resolve("timed out"), timeoutMs) : undefined;
+    upstream.onopen = () => {
+      clearTimeout(timer);
+      resolve(undefined);
+    };
+    upstream.onclose = (event) => {
+      clearTimeout(timer);
+      resolve(`closed before opening (${event.code} ${event.reason})`.trim());
+    };
+  });
+}
+
+function relayToClient(client: ServerWebSocket<WebSocketSession>, data: string | ArrayBuffer) {
+  // send() returns 0 when Bun dropped the message because the client reads too slowly.
+  if (client.send(data) === 0 || client.getBufferedAmount() > MAX_BUFFERED_BYTES) {
+    client.close(CLOSE_TRY_AGAIN_LATER, "client reads too slowly");
+    client.data.upstream.close(CLOSE_TRY_AGAIN_LATER, "client reads too slowly");
+  }
+}
+
+/**
+ * Returns a close code that may be sent in a close frame (RFC 6455 section 7.4): 1005 (no code)
+ * becomes 1000, and 1006 (connection lost) and other reserved codes become 1011.
+ */
+export function sendableCloseCode(code: number): number {
+  if (code === 1005) return 1000;
+  const sendable =
+    code === 1000 || (code >= 1001 && code <= 1003) || (code >= 1007 && code <= 1014);
+  return sendable || (code >= 3000 && code <= 4999) ? code : 1011;
+}
+
+/** The Bun.serve websocket handlers that relay messages and closes between the two sides. */
+export const WEBSOCKET_HANDLERS: WebSocketHandler<WebSocketSession> = {
+  // Bun's default of 16 MiB; the backend's own limit applies too.
+  maxPayloadLength: 16 * 1024 * 1024,
+  open(client) {
+    const session = client.data;
+    session.client = client;
+    for (const data of session.pending.splice(0)) relayToClient(client, data);
+    session.upstream.onclose = (event) => client.close(sendableCloseCode(event.code), event.reason);
+    session.upstream.onerror = () => client.close(1011, "backend connection failed");
+  },
+  message(client, message) {
+    const { upstream } = client.data;
+    if (upstream.readyState !== WebSocket.OPEN) return;
+    upstream.send(message);
+    if (upstream.bufferedAmount > MAX_BUFFERED_BYTES) {
+      upstream.close(CLOSE_TRY_AGAIN_LATER, "backend reads too slowly");
+      client.close(CLOSE_TRY_AGAIN_LATER, "backend reads too slowly");
+    }
+  },
+  close(client, code, reason) {
+    const { upstream } = client.data;
+    if (upstream.readyState === WebSocket.OPEN || upstream.readyState === WebSocket.CONNECTING) {
+      upstream.close(sendableCloseCode(code), reason);
+    }
+  },
+};
