@@ -36,9 +36,9 @@ export interface ProxyConfig {
   httpListen: ListenAddress;
   /** Folder for generated keys and certificates, from -dataDir, SSL_PROXY_DATA_DIR or ~/.ssl-proxy. */
   dataDir: string;
-  /** Longest wait for the backend's response headers in ms, from -upstreamTimeout (default 60s); 0 for none. */
+  /** Maximum wait for the backend's response headers in ms, from -upstreamTimeout (default 60s); 0 for none. */
   upstreamTimeoutMs: number;
-  /** Longest wait for open requests at shutdown in ms, from -shutdownTimeout (default 10s). */
+  /** Maximum wait for open requests at shutdown in ms, from -shutdownTimeout (default 10s). */
   shutdownTimeoutMs: number;
   /** ACME settings, used when -domain is given without -cert and -key. */
   acme: AcmeSettings;
@@ -50,7 +50,7 @@ export const LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/dire
 export const LETS_ENCRYPT_STAGING_DIRECTORY =
   "https://acme-staging-v02.api.letsencrypt.org/directory";
 
-/** Where and how to get certificates through ACME (RFC 8555). */
+/** Settings for getting certificates through ACME (RFC 8555). */
 export interface AcmeSettings {
   /** The CA's directory URL, from -acmeDirectory or -staging (default Let's Encrypt production). */
   directoryUrl: string;
@@ -139,7 +139,7 @@ function resolveAcmeSettings(flags: FlagValues): AcmeSettings {
 
 /**
  * Parses -to: `host:port`, `[v6]:port`, or an http(s) URL with an optional path and query.
- * Without a scheme, http:// is assumed and a notice says so.
+ * Without a scheme, http:// is assumed and a notice reports it.
  */
 export function parseUpstream(value: string, notices: ConfigNotice[] = []): Upstream {
   const expected = `-to must be host:port or an http(s) URL such as http://127.0.0.1:5000, got "${value}"`;
@@ -249,7 +249,7 @@ const DURATION_UNITS_MS: Record<string, number> = {
   m: 60_000,
   h: 3_600_000,
 };
-/** The longest delay a JavaScript timer supports (2^31 - 1 ms, about 24.8 days). */
+/** The maximum delay a JavaScript timer supports (2^31 - 1 ms, about 24.8 days). */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**

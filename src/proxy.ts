@@ -21,12 +21,12 @@ export type ProxyHandler = (
 export interface ProxyOptions {
   upstream: Upstream;
   client: UpstreamClient;
-  /** Longest wait for the backend's response headers in ms; 0 for none. */
+  /** Maximum wait for the backend's response headers in ms; 0 for none. */
   upstreamTimeoutMs: number;
   log: ConsolaInstance;
 }
 
-/** Creates the handler that forwards each request to the backend and streams the answer back. */
+/** Creates the handler that forwards each request to the backend and streams the response back. */
 export function createProxyHandler(options: ProxyOptions): ProxyHandler {
   const { upstream, client, upstreamTimeoutMs, log } = options;
 
@@ -108,7 +108,7 @@ export function joinUpstreamURL(upstream: Upstream, target: string): string {
 }
 
 function normalizeRequestHeaders(headers: Headers): void {
-  // The front end has already answered "100 Continue" itself, so the backend must not wait for one.
+  // The front end has already sent "100 Continue" itself, so the backend must not wait for one.
   headers.delete("expect");
   // Bun.serve merges two identical Content-Length headers into "3, 3", which fetch rejects.
   const length = headers.get("content-length");

@@ -28,12 +28,12 @@ export interface HttpsListener extends Listener {
   resume(bundle: CertificateBundle): void;
 }
 
-/** What startHttpsListener binds and serves. */
+/** Settings of startHttpsListener: the address, certificate and handler it serves. */
 export interface HttpsOptions {
   listen: ListenAddress;
   bundle: CertificateBundle;
   proxy: ProxyHandler;
-  /** Longest wait for the backend to accept a WebSocket, in ms; 0 for none. */
+  /** Maximum wait for the backend to accept a WebSocket, in ms; 0 for none. */
   upstreamTimeoutMs: number;
   log: ConsolaInstance;
 }
@@ -82,7 +82,7 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
       port,
       reusePort: true,
       tls: { cert: bundle.cert, key: bundle.key },
-      // Development mode would answer errors with source lines and a stack trace.
+      // Development mode would send error pages with source lines and a stack trace.
       development: false,
       // Uploads stream through; the backend applies its own limit.
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
