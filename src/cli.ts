@@ -90,6 +90,12 @@ export const FLAGS = {
     valueHint: "duration",
     description: "Longest wait for open requests after SIGINT or SIGTERM",
   },
+  accessLog: {
+    type: "boolean",
+    default: false,
+    description:
+      "Print one line per request: time, client, method, path, status, bytes, duration, upstream",
+  },
   version: { type: "boolean", description: "Print the version and exit" },
 } as const;
 

@@ -42,6 +42,8 @@ export interface ProxyConfig {
   shutdownTimeoutMs: number;
   /** ACME settings, used when -domain is given without -cert and -key. */
   acme: AcmeSettings;
+  /** Whether each request is logged, from -accessLog (default false). */
+  accessLog: boolean;
 }
 
 /** Let's Encrypt's production ACME directory, the default of -acmeDirectory. */
@@ -76,6 +78,7 @@ export interface FlagValues {
   acmeDirectory?: string | undefined;
   staging: boolean;
   acmeCA?: string | undefined;
+  accessLog?: boolean | undefined;
 }
 
 /** A message for the log, produced while resolving, such as the assumed http:// scheme. */
@@ -101,6 +104,7 @@ export function resolveConfig(
     upstreamTimeoutMs: parseDuration("upstreamTimeout", flags.upstreamTimeout),
     shutdownTimeoutMs: parseDuration("shutdownTimeout", flags.shutdownTimeout),
     acme: resolveAcmeSettings(flags),
+    accessLog: flags.accessLog ?? false,
   };
   return Object.freeze(config);
 }

@@ -23,6 +23,7 @@ import {
 } from "./challenges.ts";
 import type { ProxyConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
+import { withAccessLog } from "./accesslog.ts";
 import { createProxyHandler, type ProxyHandler } from "./proxy.ts";
 import { createRedirectHandler } from "./redirect.ts";
 import { scheduleRenewal, renewalTime } from "./renewal.ts";
@@ -61,12 +62,14 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
     throw error;
   }
 
-  const proxy = createProxyHandler({
+  const forward = createProxyHandler({
     upstream: config.upstream,
     client: createUpstreamClient(),
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     log,
   });
+  const upstreamName = `${config.upstream.origin}${config.upstream.basePath}`;
+  const proxy = config.accessLog ? withAccessLog(forward, upstreamName, log) : forward;
   const https = await startHttpsListener({
     listen: config.listen,
     bundle: certificate,

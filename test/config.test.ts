@@ -260,6 +260,7 @@ describe("resolveConfig", () => {
       upstreamTimeoutMs: 60_000,
       shutdownTimeoutMs: 10_000,
       acme: { directoryUrl: LETS_ENCRYPT_DIRECTORY, email: undefined, caFile: undefined },
+      accessLog: false,
     });
   });
 
@@ -315,6 +316,7 @@ describe("resolveConfig", () => {
       acmeDirectory: "https://127.0.0.1:14000/dir",
       staging: false,
       acmeCA: "pebble-ca.pem",
+      accessLog: true,
     };
 
     const config = resolveConfig(flags, {});
@@ -334,6 +336,7 @@ describe("resolveConfig", () => {
         email: "me@example.edu",
         caFile: resolve("pebble-ca.pem"),
       },
+      accessLog: true,
     });
   });
 
