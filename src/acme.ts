@@ -8,6 +8,7 @@ import type { ConsolaInstance } from "consola";
 import type { ChallengeStore } from "./challenges.ts";
 import type { AcmeSettings } from "./config.ts";
 import { UserError } from "./errors.ts";
+import { readCaCertificates } from "./certs.ts";
 import { ensurePrivateFolder, readOptionalFile, writeFileAtomically } from "./files.ts";
 import { saveCertificate, type AcmeStore, type StoredCertificate } from "./store.ts";
 
@@ -212,7 +213,7 @@ export async function configureAcmeHttp(caFile: string | undefined): Promise<voi
   if (configuredCaFile === caFile) return;
   const http = acme.axios;
   if (caFile !== undefined) {
-    const pem = await readCaFile(caFile);
+    const pem = await readCaCertificates("-acmeCA", caFile);
     http.defaults.httpsAgent = new Agent({ ca: [...rootCertificates, pem], keepAlive: true });
   }
   if (configuredCaFile === null) {
@@ -246,21 +247,6 @@ function recordProblem(response: { headers: Record<string, unknown>; data?: unkn
     detail: String(data.detail ?? ""),
     retryAfter: response.headers["retry-after"] as string | undefined,
   };
-}
-
-async function readCaFile(path: string): Promise<string> {
-  let pem: string;
-  try {
-    pem = await readFile(path, "utf8");
-  } catch (error) {
-    throw new UserError(`cannot read -acmeCA "${path}": ${(error as NodeJS.ErrnoException).code}`, {
-      cause: error,
-    });
-  }
-  if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
-    throw new UserError(`-acmeCA "${path}" is not a PEM file of CA certificates`);
-  }
-  return pem;
 }
 
 /** Describes a failed ACME request in words a user can act on. */

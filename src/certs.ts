@@ -82,6 +82,15 @@ async function readUserFile(flag: string, path: string): Promise<string> {
   }
 }
 
+/** Reads a PEM file of CA certificates given by `flag`, or throws a UserError naming the file. */
+export async function readCaCertificates(flag: string, path: string): Promise<string> {
+  const pem = await readUserFile(flag, path);
+  if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+    throw new UserError(`${flag} "${path}" is not a PEM file of CA certificates`);
+  }
+  return pem;
+}
+
 function parseChain(pem: string, path: string): X509Certificate[] {
   const blocks = pem.match(PEM_CERTIFICATE) ?? [];
   if (blocks.length === 0) {

@@ -90,6 +90,17 @@ export const FLAGS = {
     valueHint: "duration",
     description: "Longest wait for open requests after SIGINT or SIGTERM",
   },
+  upstreamCA: {
+    type: "string",
+    valueHint: "file",
+    description: "PEM file of extra root certificates to trust for an https:// -to backend",
+  },
+  upstreamInsecure: {
+    type: "boolean",
+    default: false,
+    description:
+      "Do not check the certificate of an https:// -to backend (insecure: anyone on the path can impersonate it)",
+  },
   accessLog: {
     type: "boolean",
     default: false,

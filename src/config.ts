@@ -44,6 +44,10 @@ export interface ProxyConfig {
   acme: AcmeSettings;
   /** Whether each request is logged, from -accessLog (default false). */
   accessLog: boolean;
+  /** Extra CA file for an https:// backend, from -upstreamCA; undefined for none. */
+  upstreamCAFile: string | undefined;
+  /** Whether an https:// backend's certificate is checked; false with -upstreamInsecure. */
+  verifyUpstream: boolean;
 }
 
 /** Let's Encrypt's production ACME directory, the default of -acmeDirectory. */
@@ -79,6 +83,8 @@ export interface FlagValues {
   staging: boolean;
   acmeCA?: string | undefined;
   accessLog?: boolean | undefined;
+  upstreamCA?: string | undefined;
+  upstreamInsecure?: boolean | undefined;
 }
 
 /** A message for the log, produced while resolving, such as the assumed http:// scheme. */
@@ -105,7 +111,11 @@ export function resolveConfig(
     shutdownTimeoutMs: parseDuration("shutdownTimeout", flags.shutdownTimeout),
     acme: resolveAcmeSettings(flags),
     accessLog: flags.accessLog ?? false,
+    upstreamCAFile: flags.upstreamCA ? resolve(flags.upstreamCA) : undefined,
+    verifyUpstream: !(flags.upstreamInsecure ?? false),
   };
+  if (flags.upstreamCA === "")
+    throw usageError(`-upstreamCA must name a PEM file of CA certificates`);
   return Object.freeze(config);
 }
 

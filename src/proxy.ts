@@ -155,6 +155,9 @@ export function describeConnectError(error: unknown): string {
       return "connection timed out";
     default: {
       const message = error instanceof Error ? error.message : String(error);
+      if (code && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|HOSTNAME/.test(code)) {
+        return `${message} (${code}; trust its CA with -upstreamCA FILE)`;
+      }
       return code ? `${message} (${code})` : message;
     }
   }

@@ -13,6 +13,7 @@ import {
   ensureSelfSignedCertificate,
   loadCertificateFiles,
   normalizeName,
+  readCaCertificates,
   type CertificateBundle,
 } from "./certs.ts";
 import {
@@ -35,7 +36,7 @@ import {
 } from "./server.ts";
 import { startStandInListener } from "./standin.ts";
 import { loadStoredCertificate, resolveAcmeStore, type StoredCertificate } from "./store.ts";
-import { createUpstreamClient } from "./upstream.ts";
+import { createUpstreamClient, type UpstreamTls } from "./upstream.ts";
 import { ensurePrivateFolder } from "./files.ts";
 
 /**
@@ -48,6 +49,13 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
   // Files are checked before any port is bound: the certificate files, or the -acmeCA file.
   const localCertificate = usesAcme ? undefined : await obtainLocalCertificate(config);
   if (usesAcme) await configureAcmeHttp(config.acme.caFile);
+  const upstreamTls = {
+    ca: config.upstreamCAFile && (await readCaCertificates("-upstreamCA", config.upstreamCAFile)),
+    verify: config.verifyUpstream,
+  };
+  if (!upstreamTls.verify) {
+    log.warn("-upstreamInsecure: the certificate of the https:// backend is not checked");
+  }
 
   const challenges = new ChallengeStore();
   let httpsPort = config.listen.port;
@@ -64,7 +72,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
 
   const forward = createProxyHandler({
     upstream: config.upstream,
-    client: createUpstreamClient(),
+    client: createUpstreamClient(upstreamTls),
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     log,
   });
@@ -75,6 +83,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
     bundle: certificate,
     proxy,
     upstreamTimeoutMs: config.upstreamTimeoutMs,
+    upstreamTls,
     log,
   }).catch(async (error: unknown) => {
     await http?.stop(0);
@@ -100,7 +109,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
       renew: (current) =>
         http !== undefined
           ? renewAcmeCertificate(config, challenges, ["http-01"], log)
-          : renewWithStandIn(config, challenges, { https, current, proxy }, log),
+          : renewWithStandIn(config, challenges, { https, current, proxy, upstreamTls }, log),
       install: (next) => https.replaceCertificate(next),
       suggestWindow: (current) => fetchRenewalWindow(config.acme, current.cert),
       log,
@@ -188,12 +197,21 @@ function renewAcmeCertificate(
 async function renewWithStandIn(
   config: Readonly<ProxyConfig>,
   challenges: ChallengeStore,
-  running: { https: HttpsListener; current: StoredCertificate; proxy: ProxyHandler },
+  running: {
+    https: HttpsListener;
+    current: StoredCertificate;
+    proxy: ProxyHandler;
+    upstreamTls: UpstreamTls;
+  },
   log: ConsolaInstance,
 ): Promise<StoredCertificate> {
   const { https, current, proxy } = running;
   const listen = { host: config.listen.host, port: https.port };
-  const options = { upstreamTimeoutMs: config.upstreamTimeoutMs, log };
+  const options = {
+    upstreamTimeoutMs: config.upstreamTimeoutMs,
+    upstreamTls: running.upstreamTls,
+    log,
+  };
   const standIn = await startStandInListener(listen, current, challenges, proxy, options);
   await https.pause();
   try {

@@ -5,6 +5,7 @@ import { formatHostPort, type ListenAddress } from "./address.ts";
 import type { CertificateBundle } from "./certs.ts";
 import { UserError } from "./errors.ts";
 import type { ProxyHandler } from "./proxy.ts";
+import type { UpstreamTls } from "./upstream.ts";
 import { proxyWebSocket, WEBSOCKET_HANDLERS, type WebSocketSession } from "./websocket.ts";
 
 /** A listener that can be stopped gracefully. */
@@ -35,6 +36,8 @@ export interface HttpsOptions {
   proxy: ProxyHandler;
   /** Maximum wait for the backend to accept a WebSocket, in ms; 0 for none. */
   upstreamTimeoutMs: number;
+  /** How a wss:// backend's certificate is checked. */
+  upstreamTls: UpstreamTls;
   log: ConsolaInstance;
 }
 
@@ -51,14 +54,13 @@ export async function serveThroughProxy(
   server: Server<WebSocketSession>,
   proxy: ProxyHandler,
   connection: { address: string | undefined; localPort: number },
-  options: { upstreamTimeoutMs: number; log: ConsolaInstance },
+  options: { upstreamTimeoutMs: number; upstreamTls: UpstreamTls; log: ConsolaInstance },
 ): Promise<Response | undefined> {
   server.timeout(req, 0);
   const started = performance.now();
   const res = await proxy(req, {
     ...connection,
-    upgradeWebSocket: (url, headers) =>
-      proxyWebSocket(req, server, url, headers, options.upstreamTimeoutMs, options.log),
+    upgradeWebSocket: (url, headers) => proxyWebSocket(req, server, { url, headers, ...options }),
   });
   if (res && performance.now() - started < RESPONSE_IDLE_SECONDS * 500) {
     server.timeout(req, RESPONSE_IDLE_SECONDS);

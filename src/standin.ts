@@ -23,7 +23,7 @@ export async function startStandInListener(
   bundle: CertificateBundle,
   store: ChallengeStore,
   proxy: ProxyHandler,
-  options: { upstreamTimeoutMs: number; log: ConsolaInstance },
+  options: Parameters<typeof serveThroughProxy>[4],
 ): Promise<{ close(): Promise<void> }> {
   // Each connection to the private server comes from this process, so the client's real address
   // is looked up by the local port of the piping connection.

@@ -1,6 +1,7 @@
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { Readable } from "node:stream";
+import { rootCertificates } from "node:tls";
 
 /** What the proxy hands the upstream client: the same fields as fetch's RequestInit. */
 export interface UpstreamRequestInit {
@@ -13,16 +14,38 @@ export interface UpstreamRequestInit {
 /** Sends one request to the backend and resolves with its response head and streaming body. */
 export type UpstreamClient = (url: string, init: UpstreamRequestInit) => Promise<Response>;
 
+/** How the certificate of an https:// backend is checked. */
+export interface UpstreamTls {
+  /** PEM roots trusted besides the system's, from -upstreamCA; undefined for none. */
+  ca: string | undefined;
+  /** Whether the certificate is checked at all; false with -upstreamInsecure. */
+  verify: boolean;
+}
+
+/** Returns the TLS options for fetch, node:https and WebSocket from `settings`. */
+export function upstreamTlsOptions(settings: UpstreamTls): {
+  ca?: string[];
+  rejectUnauthorized: boolean;
+} {
+  return {
+    ...(settings.ca === undefined ? {} : { ca: [...rootCertificates, settings.ca] }),
+    rejectUnauthorized: settings.verify,
+  };
+}
+
 /**
  * Creates the client that talks to the backend: fetch, with the options a proxy needs.
  *
  * Bun's fetch turns a path that starts with "//" into one slash ("//x//y" goes out as "/x//y"),
  * so those requests go through node:http, which sends the path as given.
  */
-export function createUpstreamClient(): UpstreamClient {
+export function createUpstreamClient(settings: UpstreamTls): UpstreamClient {
+  // One object for every request, so that fetch keeps one connection pool for it.
+  const tls = upstreamTlsOptions(settings);
   return (url, init) => {
-    if (hasDoubleSlashPath(url)) return sendWithNodeHttp(url, init);
+    if (hasDoubleSlashPath(url)) return sendWithNodeHttp(url, init, tls);
     return fetch(url, {
+      tls,
       method: init.method,
       headers: init.headers,
       body: init.body,
@@ -41,7 +64,11 @@ function hasDoubleSlashPath(url: string): boolean {
   return pathStart !== -1 && url.charCodeAt(pathStart + 1) === 47; // "/"
 }
 
-function sendWithNodeHttp(url: string, init: UpstreamRequestInit): Promise<Response> {
+function sendWithNodeHttp(
+  url: string,
+  init: UpstreamRequestInit,
+  tls: ReturnType<typeof upstreamTlsOptions>,
+): Promise<Response> {
   const pathStart = url.indexOf("/", url.indexOf("//") + 2);
   const origin = new URL(url.slice(0, pathStart));
   const send = origin.protocol === "https:" ? httpsRequest : httpRequest;
@@ -55,6 +82,7 @@ function sendWithNodeHttp(url: string, init: UpstreamRequestInit): Promise<Respo
         path: url.slice(pathStart),
         headers: Object.fromEntries(init.headers),
         signal: init.signal,
+        ...tls,
       },
       (incoming) => resolve(toResponse(incoming)),
     );

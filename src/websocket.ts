@@ -1,5 +1,6 @@
 import type { Server, ServerWebSocket, WebSocketHandler } from "bun";
 import type { ConsolaInstance } from "consola";
+import { upstreamTlsOptions, type UpstreamTls } from "./upstream.ts";
 
 /** One proxied WebSocket: the client's side (once upgraded) and the backend's. */
 export interface WebSocketSession {
@@ -31,11 +32,15 @@ const CLOSE_TRY_AGAIN_LATER = 1013;
 export async function proxyWebSocket(
   req: Request,
   server: Server<WebSocketSession>,
-  url: string,
-  headers: Headers,
-  timeoutMs: number,
-  log: ConsolaInstance,
+  target: {
+    url: string;
+    headers: Headers;
+    upstreamTimeoutMs: number;
+    upstreamTls: UpstreamTls;
+    log: ConsolaInstance;
+  },
 ): Promise<Response | undefined> {
+  const { url, headers, log } = target;
   const protocols = (req.headers.get("sec-websocket-protocol") ?? "")
     .split(",")
     .map((protocol) => protocol.trim())
@@ -44,7 +49,11 @@ export async function proxyWebSocket(
   headers.forEach((value, name) => {
     if (!OWN_HANDSHAKE_HEADERS.has(name)) forwarded[name] = value;
   });
-  const upstream = new WebSocket(url.replace(/^http/, "ws"), { protocols, headers: forwarded });
+  const upstream = new WebSocket(url.replace(/^http/, "ws"), {
+    protocols,
+    headers: forwarded,
+    tls: upstreamTlsOptions(target.upstreamTls),
+  });
   upstream.binaryType = "arraybuffer";
   const session: WebSocketSession = { upstream, client: undefined, pending: [] };
   upstream.onmessage = (event) => {
@@ -52,7 +61,7 @@ export async function proxyWebSocket(
     else session.pending.push(event.data);
   };
 
-  const failure = await waitForOpen(upstream, timeoutMs);
+  const failure = await waitForOpen(upstream, target.upstreamTimeoutMs);
   if (failure !== undefined) {
     log.error(`WebSocket ${url}: ${failure}`);
     return new Response("Bad Gateway: the app behind ssl-proxy refused the WebSocket\n", {

@@ -261,6 +261,8 @@ describe("resolveConfig", () => {
       shutdownTimeoutMs: 10_000,
       acme: { directoryUrl: LETS_ENCRYPT_DIRECTORY, email: undefined, caFile: undefined },
       accessLog: false,
+      upstreamCAFile: undefined,
+      verifyUpstream: true,
     });
   });
 
@@ -317,6 +319,8 @@ describe("resolveConfig", () => {
       staging: false,
       acmeCA: "pebble-ca.pem",
       accessLog: true,
+      upstreamCA: "backend-ca.pem",
+      upstreamInsecure: true,
     };
 
     const config = resolveConfig(flags, {});
@@ -337,6 +341,8 @@ describe("resolveConfig", () => {
         caFile: resolve("pebble-ca.pem"),
       },
       accessLog: true,
+      upstreamCAFile: resolve("backend-ca.pem"),
+      verifyUpstream: false,
     });
   });
 

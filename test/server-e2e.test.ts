@@ -183,7 +183,7 @@ describe.each(PROXY_COMMANDS)("listeners ($name)", (command) => {
     blocker.close();
 
     expect(result.exitCode).not.toBe(0);
-    expect(result.stderr.trim()).toBe(`ssl-proxy: cannot read -acmeCA "${missing}": ENOENT`);
+    expect(result.stderr.trim()).toBe(`ssl-proxy: cannot read -acmeCA "${missing}": no such file`);
   });
 
   test("explains a privileged port without root", async () => {
