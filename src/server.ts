@@ -36,7 +36,7 @@ export interface HttpsOptions {
   proxy: ProxyHandler;
   /** Maximum wait for the backend to accept a WebSocket, in ms; 0 for none. */
   upstreamTimeoutMs: number;
-  /** How a wss:// backend's certificate is checked. */
+  /** Certificate checking for a wss:// backend. */
   upstreamTls: UpstreamTls;
   log: ConsolaInstance;
 }

@@ -3,7 +3,7 @@ import { request as httpsRequest } from "node:https";
 import { Readable } from "node:stream";
 import { rootCertificates } from "node:tls";
 
-/** What the proxy hands the upstream client: the same fields as fetch's RequestInit. */
+/** The request fields the proxy passes to the upstream client, as in fetch's RequestInit. */
 export interface UpstreamRequestInit {
   method: string;
   headers: Headers;
@@ -14,7 +14,7 @@ export interface UpstreamRequestInit {
 /** Sends one request to the backend and resolves with its response head and streaming body. */
 export type UpstreamClient = (url: string, init: UpstreamRequestInit) => Promise<Response>;
 
-/** How the certificate of an https:// backend is checked. */
+/** Certificate checking for an https:// backend. */
 export interface UpstreamTls {
   /** PEM roots trusted besides the system's, from -upstreamCA; undefined for none. */
   ca: string | undefined;

@@ -26,7 +26,7 @@ const CLOSE_TRY_AGAIN_LATER = 1013;
 
 /**
  * Opens a WebSocket to the backend with the client's subprotocols and end-to-end headers,
- * then upgrades the client's request, answering with the subprotocol the backend chose.
+ * then upgrades the client's request, responding with the subprotocol the backend chose.
  * Returns undefined once upgraded, or an error Response when the backend cannot be reached.
  */
 export async function proxyWebSocket(
