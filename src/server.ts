@@ -83,6 +83,9 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
       hostname: listen.host,
       port,
       reusePort: true,
+      // Clients that offer h2 through ALPN get HTTP/2 (marked experimental in Bun 1.4.5), the
+      // others HTTP/1.1. Browsers open WebSockets over HTTP/1.1, which still upgrades.
+      http2: true,
       tls: { cert: bundle.cert, key: bundle.key },
       // Development mode would send error pages with source lines and a stack trace.
       development: false,

@@ -69,12 +69,35 @@ describe.each(PROXY_COMMANDS)("request lifecycle ($name)", (command) => {
     expect(result.stdout).toBe("received 5000 bytes, expect=null");
   });
 
-  test("HEAD keeps headers without a body", async () => {
-    const result = await run(["curl", "-sk", "-I", `https://127.0.0.1:${proxy.port}/`]);
+  test.each([
+    ["--http1.1", "HTTP/1.1 200"],
+    ["--http2", "HTTP/2 200"],
+  ])("HEAD over %s keeps headers without a body", async (version, statusLine) => {
+    const result = await run(["curl", "-sk", version, "-I", `https://127.0.0.1:${proxy.port}/`]);
 
-    expect(result.stdout).toStartWith("HTTP/1.1 200");
+    expect(result.stdout).toStartWith(statusLine);
     expect(result.stdout).toContain("x-kind: page\r\n");
     expect(result.stdout.endsWith("\r\n\r\n")).toBe(true);
+  });
+
+  test.each([
+    ["--http2", "2"],
+    ["--http1.1", "1.1"],
+  ])("a client offering %s gets HTTP/%s", async (version, expected) => {
+    const url = `https://127.0.0.1:${proxy.port}/`;
+
+    const result = await run([
+      "curl",
+      "-sk",
+      version,
+      "-o",
+      "/dev/null",
+      "-w",
+      "%{http_version}",
+      url,
+    ]);
+
+    expect(result.stdout).toBe(expected);
   });
 
   test("client disconnect cancels the upstream", async () => {
