@@ -101,6 +101,13 @@ export const FLAGS = {
     description:
       "Do not check the certificate of an https:// -to backend (insecure: anyone on the path can impersonate it)",
   },
+  maxBodySize: {
+    type: "string",
+    default: "0",
+    valueHint: "size",
+    description:
+      "Largest request body accepted, such as 100MB or 1GiB; bigger uploads get 413, and 0 means no limit",
+  },
   accessLog: {
     type: "boolean",
     default: false,

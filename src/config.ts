@@ -44,6 +44,8 @@ export interface ProxyConfig {
   acme: AcmeSettings;
   /** Whether each request is logged, from -accessLog (default false). */
   accessLog: boolean;
+  /** Largest request body accepted in bytes, from -maxBodySize; 0 for no limit (the default). */
+  maxBodyBytes: number;
   /** Extra CA file for an https:// backend, from -upstreamCA; undefined for none. */
   upstreamCAFile: string | undefined;
   /** Whether an https:// backend's certificate is checked; false with -upstreamInsecure. */
@@ -85,6 +87,7 @@ export interface FlagValues {
   accessLog?: boolean | undefined;
   upstreamCA?: string | undefined;
   upstreamInsecure?: boolean | undefined;
+  maxBodySize?: string | undefined;
 }
 
 /** A message for the log, produced while resolving, such as the assumed http:// scheme. */
@@ -113,6 +116,7 @@ export function resolveConfig(
     accessLog: flags.accessLog ?? false,
     upstreamCAFile: flags.upstreamCA ? resolve(flags.upstreamCA) : undefined,
     verifyUpstream: !(flags.upstreamInsecure ?? false),
+    maxBodyBytes: parseSize("maxBodySize", flags.maxBodySize ?? "0"),
   };
   if (flags.upstreamCA === "")
     throw usageError(`-upstreamCA must name a PEM file of CA certificates`);
@@ -252,6 +256,29 @@ function resolveDataDir(flag: string | undefined, env: Record<string, string | u
     throw usageError(`SSL_PROXY_DATA_DIR is set but empty: unset it or give a folder`);
   }
   return resolve(flag ?? env.SSL_PROXY_DATA_DIR ?? `${homedir()}/.ssl-proxy`);
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  kib: 2 ** 10,
+  mib: 2 ** 20,
+  gib: 2 ** 30,
+};
+
+/** Parses a size such as "10MB", "1.5GiB" or "512" (bytes) into whole bytes; "0" means no limit. */
+export function parseSize(flag: string, value: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(value);
+  const unit = SIZE_UNITS[match?.[2]?.toLowerCase() ?? "?"];
+  if (!match || unit === undefined) {
+    throw usageError(
+      `-${flag} must be a size such as 100MB or 1GiB, or 0 for no limit, got "${value}"`,
+    );
+  }
+  return Math.round(Number(match[1]) * unit);
 }
 
 const DURATION_UNITS_MS: Record<string, number> = {

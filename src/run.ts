@@ -84,6 +84,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
     proxy,
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     upstreamTls,
+    maxBodyBytes: config.maxBodyBytes,
     log,
   }).catch(async (error: unknown) => {
     await http?.stop(0);
@@ -210,6 +211,7 @@ async function renewWithStandIn(
   const options = {
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     upstreamTls: running.upstreamTls,
+    maxBodyBytes: config.maxBodyBytes,
     log,
   };
   const standIn = await startStandInListener(listen, current, challenges, proxy, options);

@@ -38,6 +38,8 @@ export interface HttpsOptions {
   upstreamTimeoutMs: number;
   /** Certificate checking for a wss:// backend. */
   upstreamTls: UpstreamTls;
+  /** Largest request body accepted in bytes; 0 for no limit. */
+  maxBodyBytes: number;
   log: ConsolaInstance;
 }
 
@@ -89,8 +91,8 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
       tls: { cert: bundle.cert, key: bundle.key },
       // Development mode would send error pages with source lines and a stack trace.
       development: false,
-      // Uploads stream through; the backend applies its own limit.
-      maxRequestBodySize: Number.MAX_SAFE_INTEGER,
+      // Uploads stream through; without -maxBodySize only the backend's own limit applies.
+      maxRequestBodySize: options.maxBodyBytes > 0 ? options.maxBodyBytes : Number.MAX_SAFE_INTEGER,
       websocket: WEBSOCKET_HANDLERS,
       fetch(req, server) {
         const localPort = server.port ?? port;

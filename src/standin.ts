@@ -23,7 +23,7 @@ export async function startStandInListener(
   bundle: CertificateBundle,
   store: ChallengeStore,
   proxy: ProxyHandler,
-  options: Parameters<typeof serveThroughProxy>[4],
+  options: Parameters<typeof serveThroughProxy>[4] & { maxBodyBytes: number },
 ): Promise<{ close(): Promise<void> }> {
   // Each connection to the private server comes from this process, so the client's real address
   // is looked up by the local port of the piping connection.
@@ -32,7 +32,7 @@ export async function startStandInListener(
     hostname: "127.0.0.1",
     port: 0,
     development: false,
-    maxRequestBodySize: Number.MAX_SAFE_INTEGER,
+    maxRequestBodySize: options.maxBodyBytes > 0 ? options.maxBodyBytes : Number.MAX_SAFE_INTEGER,
     websocket: WEBSOCKET_HANDLERS,
     fetch(req, server) {
       const peer = server.requestIP(req);

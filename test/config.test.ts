@@ -6,6 +6,7 @@ import { FLAGS } from "../src/cli.ts";
 import {
   parseDomains,
   parseDuration,
+  parseSize,
   parseUpstream,
   resolveConfig,
   type FlagValues,
@@ -202,6 +203,24 @@ describe("parseDomains", () => {
   });
 });
 
+describe("parseSize", () => {
+  test.each([
+    ["0", 0],
+    ["512", 512],
+    ["10MB", 10_000_000],
+    ["1.5GiB", 1_610_612_736],
+    ["64kib", 65_536],
+  ])("parses %p", (value, expected) => {
+    expect(parseSize("maxBodySize", value)).toBe(expected);
+  });
+
+  test.each(["", "ten", "10 potatoes", "-1MB", "1e9"])("rejects %p", (value) => {
+    const error = catchError(() => parseSize("maxBodySize", value));
+
+    expectUsageError(error, ["-maxBodySize", `"${value}"`]);
+  });
+});
+
 describe("parseDuration", () => {
   test.each([
     ["0", 0],
@@ -263,6 +282,7 @@ describe("resolveConfig", () => {
       accessLog: false,
       upstreamCAFile: undefined,
       verifyUpstream: true,
+      maxBodyBytes: 0,
     });
   });
 
@@ -321,6 +341,7 @@ describe("resolveConfig", () => {
       accessLog: true,
       upstreamCA: "backend-ca.pem",
       upstreamInsecure: true,
+      maxBodySize: "10MB",
     };
 
     const config = resolveConfig(flags, {});
@@ -343,6 +364,7 @@ describe("resolveConfig", () => {
       accessLog: true,
       upstreamCAFile: resolve("backend-ca.pem"),
       verifyUpstream: false,
+      maxBodyBytes: 10_000_000,
     });
   });
 
