@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { PROXY_COMMANDS, run, startProxy, type ProxyProcess } from "./helpers.ts";
+import { findFreePort, PROXY_COMMANDS, run, startProxy, type ProxyProcess } from "./helpers.ts";
 
 let backend: ReturnType<typeof Bun.serve>;
 /** Whether the backend saw its streamed response cancelled, by request id. */
@@ -109,5 +109,28 @@ describe.each(PROXY_COMMANDS)("request lifecycle ($name)", (command) => {
 
     expect(result.exitCode).toBe(28);
     expect(cancelled.has(id)).toBe(true);
+  });
+
+  test("recovers after the backend restarts", async () => {
+    const port = await findFreePort();
+    const serve = (text: string) =>
+      Bun.serve({ hostname: "127.0.0.1", port, fetch: () => new Response(text) });
+    let restartable = serve("first");
+    const restartProxy = await startProxy(command, ["-to", `127.0.0.1:${port}`]);
+    const url = `https://127.0.0.1:${restartProxy.port}/`;
+
+    try {
+      const before = await run(["curl", "-sk", url]);
+      await restartable.stop(true);
+      restartable = serve("second");
+      const after = [];
+      for (let i = 0; i < 5; i++) after.push((await run(["curl", "-sk", url])).stdout);
+
+      expect(before.stdout).toBe("first");
+      expect(after).toEqual(["second", "second", "second", "second", "second"]);
+    } finally {
+      await restartProxy.stop();
+      await restartable.stop(true);
+    }
   });
 });
