@@ -46,23 +46,31 @@ export function createProxyHandler(options: ProxyOptions): ProxyHandler {
       return connection.upgradeWebSocket(url, headers);
     }
 
-    const deadline = new AbortController();
+    // One controller for both causes: AbortSignal.any costs about a tenth of the throughput.
+    const abort = new AbortController();
+    let timedOut = false;
+    req.signal.addEventListener("abort", () => abort.abort(), { once: true });
     const timer =
-      upstreamTimeoutMs > 0 ? setTimeout(() => deadline.abort(), upstreamTimeoutMs) : undefined;
+      upstreamTimeoutMs > 0
+        ? setTimeout(() => {
+            timedOut = true;
+            abort.abort();
+          }, upstreamTimeoutMs)
+        : undefined;
     let res: Response;
     try {
       res = await client(url, {
         method: req.method,
         headers,
         body: req.method === "GET" || req.method === "HEAD" ? null : req.body,
-        signal: AbortSignal.any([req.signal, deadline.signal]),
+        signal: abort.signal,
       });
     } catch (error) {
       return failureResponse(error, {
         req,
         target,
         upstream,
-        timedOut: deadline.signal.aborted,
+        timedOut,
         log,
       });
     } finally {
