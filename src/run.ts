@@ -37,7 +37,7 @@ import {
 import { startStandInListener } from "./standin.ts";
 import { loadStoredCertificate, resolveAcmeStore, type StoredCertificate } from "./store.ts";
 import { createUpstreamClient, type UpstreamTls } from "./upstream.ts";
-import { ensurePrivateFolder } from "./files.ts";
+import { mkdir } from "node:fs/promises";
 
 /**
  * Starts ssl-proxy from a resolved config: binds the plain-HTTP listener when it is needed,
@@ -191,7 +191,7 @@ function renewAcmeCertificate(
 }
 
 /**
- * Renews by TLS-ALPN-01 while HTTPS keeps being served: a node:https stand-in that can answer
+ * Renews by TLS-ALPN-01 while HTTPS keeps being served: a node:tls stand-in that can respond to
  * acme-tls/1 takes the port beside Bun.serve, Bun.serve stops accepting until the order is
  * done, then serves again and the stand-in closes.
  */
@@ -237,7 +237,9 @@ async function obtainLocalCertificate(
     config.listen.host.replace(/[^a-z0-9.-]/gi, "_"),
   );
   try {
-    await ensurePrivateFolder(config.dataDir);
+    // The data folder may be the user's own, so its mode is left as it is; the folder of the
+    // key is made private below.
+    await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
     return await ensureSelfSignedCertificate(folder, selfSignedNames(config.listen.host));
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, writeFileSync } from "node:fs";
+import { chmodSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { createSelfSignedCertificate } from "../src/certs.ts";
@@ -154,6 +154,17 @@ describe.each(PROXY_COMMANDS)("listeners ($name)", (command) => {
     expect(result.stderr.trim().split("\n")).toEqual([
       `ssl-proxy: cannot listen on 127.0.0.1:${port}: the address is already in use (stop the program using it, or choose another port with -from)`,
     ]);
+  });
+
+  test("keeps the mode of an existing -dataDir", async () => {
+    const dataDir = makeTempDir("own-folder");
+    chmodSync(dataDir, 0o755);
+
+    const proxy = await startProxy(command, ["-to", backendURL, "-dataDir", dataDir]);
+    await proxy.stop();
+
+    expect(statSync(dataDir).mode & 0o777).toBe(0o755);
+    expect(statSync(join(dataDir, "self-signed", "127.0.0.1")).mode & 0o777).toBe(0o700);
   });
 
   test("checks -cert before binding a port", async () => {
