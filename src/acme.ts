@@ -15,7 +15,7 @@ import { saveCertificate, type AcmeStore, type StoredCertificate } from "./store
 /** The ACME challenge types ssl-proxy can respond to, in the order it tries them. */
 export type ChallengeType = "http-01" | "tls-alpn-01";
 
-/** What obtainCertificate needs to respond to challenges. */
+/** The challenge responders that obtainCertificate uses. */
 export interface ChallengeResponders {
   store: ChallengeStore;
   /** Challenge types to try, in order; the next is tried when the CA cannot validate one. */

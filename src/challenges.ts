@@ -1,6 +1,7 @@
 import { createSecureContext, createServer, type SecureContext, type Server } from "node:tls";
 import type { ListenAddress } from "./address.ts";
 import { UserError } from "./errors.ts";
+import { requestTarget } from "./proxy.ts";
 import { checkPortFree, describeBindError } from "./server.ts";
 
 /** The path prefix of HTTP-01 challenge requests (RFC 8555 section 8.3). */
@@ -23,7 +24,7 @@ export class ChallengeStore {
 
 /**
  * Wraps a plain-HTTP handler so that HTTP-01 challenge requests are served first, from
- * `store`, whatever the Host header says.
+ * `store`, whatever the Host header is.
  */
 export function withHttpChallenges(
   store: ChallengeStore,
@@ -41,12 +42,12 @@ export function withHttpChallenges(
 }
 
 function pathOf(url: string): string {
-  const start = url.startsWith("/") ? 0 : url.indexOf("/", url.indexOf("//") + 2);
-  const end = url.indexOf("?", start);
-  return start === -1 ? "/" : url.slice(start, end === -1 ? undefined : end);
+  const target = requestTarget(url);
+  const queryStart = target.indexOf("?");
+  return queryStart === -1 ? target : target.slice(0, queryStart);
 }
 
-/** The plain-HTTP response when -redirectHTTP is off: only challenges are served there. */
+/** Returns the plain-HTTP response when -redirectHTTP is off: only challenges are served there. */
 export function notFoundHandler(): Response {
   return new Response("Not Found: this port serves only ACME challenges; use https://\n", {
     status: 404,
@@ -56,7 +57,7 @@ export function notFoundHandler(): Response {
 /**
  * Listens on the HTTPS address with node:tls while no certificate is served yet, and
  * responds to TLS-ALPN-01 validation connections from `store`. Bun.serve cannot negotiate the
- * acme-tls/1 protocol, so this listener stands in until the first certificate is obtained.
+ * acme-tls/1 protocol, so this listener takes its place until the first certificate is obtained.
  */
 export async function startTlsAlpnResponder(
   listen: ListenAddress,

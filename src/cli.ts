@@ -63,7 +63,7 @@ export const FLAGS = {
   redirectHTTP: {
     type: "boolean",
     default: false,
-    description: "Answer plain HTTP on -httpFrom with a redirect to HTTPS",
+    description: "Redirect plain HTTP on -httpFrom to HTTPS",
   },
   httpFrom: {
     type: "string",
@@ -82,13 +82,13 @@ export const FLAGS = {
     default: "60s",
     valueHint: "duration",
     description:
-      "Longest wait for the backend's response headers before answering 504; 0 waits forever",
+      "Maximum wait for the backend's response headers before the client gets a 504; 0 waits forever",
   },
   shutdownTimeout: {
     type: "string",
     default: "10s",
     valueHint: "duration",
-    description: "Longest wait for open requests after SIGINT or SIGTERM",
+    description: "Maximum wait for open requests after SIGINT or SIGTERM",
   },
   upstreamCA: {
     type: "string",

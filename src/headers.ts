@@ -25,7 +25,7 @@ export function stripHopByHopHeaders(headers: Headers): void {
   for (const name of HOP_BY_HOP_HEADERS) headers.delete(name);
 }
 
-/** What the proxy knows about the connection a request came in on. */
+/** Facts about the connection a request came in on. */
 export interface ClientConnection {
   /** The client's IP address, or undefined when the runtime cannot tell. */
   address: string | undefined;

@@ -9,7 +9,7 @@ export interface RedirectOptions {
 }
 
 /**
- * Creates the plain-HTTP handler that answers every request with a 301 to the same path and
+ * Creates the plain-HTTP handler that responds to every request with a 301 to the same path and
  * query on HTTPS, at the -domain name or else the request's host without its port.
  */
 export function createRedirectHandler(options: RedirectOptions): (req: Request) => Response {

@@ -12,7 +12,7 @@ import { WEBSOCKET_HANDLERS } from "./websocket.ts";
  * Starts a listener beside Bun.serve on the HTTPS port (both with SO_REUSEPORT) that responds to
  * TLS-ALPN-01 validation connections from `store` and serves every other connection with
  * `bundle`. Bun.serve cannot negotiate acme-tls/1, so during a renewal by TLS-ALPN-01 this
- * listener holds the port alone while Bun.serve is paused.
+ * listener serves the port alone while Bun.serve is paused.
  *
  * TLS is ended by node:tls, which can choose the protocol per connection; the plain HTTP
  * inside is piped to a private Bun.serve on 127.0.0.1 that runs the proxy handler. (Bun's
