@@ -20,6 +20,25 @@ export function makeTempDir(prefix = "t"): string {
   return mkdtempSync(join(base, `${prefix}-`));
 }
 
+/** Spawns ssl-proxy with piped output, a minimal environment and, by default, an empty cwd. */
+function spawnProxy(
+  command: { argv: string[] },
+  args: string[],
+  options: { env?: Record<string, string>; cwd?: string },
+) {
+  return Bun.spawn([...command.argv, ...args], {
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+    cwd: options.cwd ?? makeTempDir("cwd"),
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HOME: process.env.HOME ?? "/root",
+      ...options.env,
+    },
+  });
+}
+
 /** A running ssl-proxy process with its output so far. */
 export interface ProxyProcess {
   proc: Subprocess<"ignore", "pipe", "pipe">;
@@ -65,17 +84,7 @@ export async function startProxy(
     dataDir = makeTempDir("data");
     fullArgs.push("-dataDir", dataDir);
   }
-  const proc = Bun.spawn([...command.argv, ...fullArgs], {
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-    cwd: options.cwd ?? makeTempDir("cwd"),
-    env: {
-      PATH: process.env.PATH ?? "/usr/bin:/bin",
-      HOME: process.env.HOME ?? "/root",
-      ...options.env,
-    },
-  });
+  const proc = spawnProxy(command, fullArgs, options);
   const out = { text: "" };
   const err = { text: "" };
   const ready = Promise.withResolvers<void>();
@@ -127,17 +136,7 @@ export async function runToExit(
   args: string[],
   options: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {},
 ) {
-  const proc = Bun.spawn([...command.argv, ...args], {
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-    cwd: options.cwd ?? makeTempDir("cwd"),
-    env: {
-      PATH: process.env.PATH ?? "/usr/bin:/bin",
-      HOME: process.env.HOME ?? "/root",
-      ...options.env,
-    },
-  });
+  const proc = spawnProxy(command, args, options);
   const timer = setTimeout(() => proc.kill("SIGKILL"), options.timeoutMs ?? 15_000);
   const [exitCode, stdout, stderr] = await Promise.all([
     proc.exited,
@@ -188,7 +187,7 @@ export interface RawRequest {
 
 /**
  * Starts a backend on 127.0.0.1 that parses HTTP/1.1 itself, records each request's exact
- * bytes, and answers with `respond(request)`: a full raw HTTP response.
+ * bytes, and responds with `respond(request)`: a full raw HTTP response.
  */
 export async function startRawBackend(
   respond: (request: RawRequest) => string | Buffer = () =>
@@ -272,7 +271,7 @@ export async function findFlaskPython(): Promise<string> {
   throw new Error("no python3 with Flask: install the Debian package python3-flask");
 }
 
-/** Starts test/fixtures/flask_app.py on a free port of 127.0.0.1 and waits until it answers. */
+/** Starts test/fixtures/flask_app.py on a free port of 127.0.0.1 and waits until it responds. */
 export async function startFlask() {
   const python = await findFlaskPython();
   const proc = Bun.spawn([python, join(ROOT, "test/fixtures/flask_app.py")], {
