@@ -6,8 +6,10 @@ import { usageError } from "./errors.ts";
 
 /** The backend that requests are forwarded to. */
 export interface Upstream {
-  /** Scheme, host and port, as in "http://127.0.0.1:5000". */
+  /** Scheme, host and port, as in "http://127.0.0.1:5000"; "http://localhost" for a Unix socket. */
   origin: string;
+  /** The Unix socket from `-to unix:/path`, as an absolute path; undefined for TCP. */
+  socketPath?: string | undefined;
   /** The path prefix from -to, "" when -to has none, as in "/app". */
   basePath: string;
   /** The query from -to without "?", "" when -to has none. */
@@ -156,11 +158,24 @@ function resolveAcmeSettings(flags: FlagValues): AcmeSettings {
 }
 
 /**
- * Parses -to: `host:port`, `[v6]:port`, or an http(s) URL with an optional path and query.
- * Without a scheme, http:// is assumed and a notice reports it.
+ * Parses -to: `host:port`, `[v6]:port`, an http(s) URL with an optional path and query, or
+ * `unix:PATH` for an HTTP server on a Unix socket. Without a scheme, http:// is assumed and a
+ * notice reports it.
  */
 export function parseUpstream(value: string, notices: ConfigNotice[] = []): Upstream {
-  const expected = `-to must be host:port or an http(s) URL such as http://127.0.0.1:5000, got "${value}"`;
+  const expected = `-to must be host:port, an http(s) URL such as http://127.0.0.1:5000, or unix:/path/to/socket, got "${value}"`;
+  if (/^unix:/i.test(value)) {
+    const socketPath = value.slice("unix:".length);
+    if (socketPath === "" || socketPath.includes("?") || socketPath.includes("#")) {
+      throw usageError(expected);
+    }
+    return {
+      origin: "http://localhost",
+      socketPath: resolve(socketPath),
+      basePath: "",
+      baseQuery: "",
+    };
+  }
   let text = value;
   if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
     text = `http://${text}`;
@@ -197,6 +212,13 @@ export function parseUpstream(value: string, notices: ConfigNotice[] = []): Upst
     basePath: url.pathname === "/" ? "" : url.pathname,
     baseQuery: url.search.slice(1),
   };
+}
+
+/** Names the backend for messages: its URL, or "unix:PATH" for a Unix socket. */
+export function describeUpstream(upstream: Upstream): string {
+  return upstream.socketPath === undefined
+    ? upstream.origin + upstream.basePath
+    : `unix:${upstream.socketPath}`;
 }
 
 function authorityOf(url: string): string {

@@ -1,5 +1,5 @@
 import type { ConsolaInstance } from "consola";
-import type { Upstream } from "./config.ts";
+import { describeUpstream, type Upstream } from "./config.ts";
 import {
   isWebSocketUpgrade,
   setForwardedHeaders,
@@ -132,19 +132,20 @@ interface FailureContext {
 }
 
 function failureResponse(error: unknown, context: FailureContext): Response {
-  const { req, target, upstream, timedOut, log } = context;
+  const { req, target, timedOut, log } = context;
   const request = `${req.method} ${target}`;
+  const upstream = describeUpstream(context.upstream);
   if (timedOut) {
     log.error(
-      `${request}: ${upstream.origin} sent no response headers in time (raise -upstreamTimeout if the app is slow)`,
+      `${request}: ${upstream} sent no response headers in time (raise -upstreamTimeout if the app is slow)`,
     );
     return textResponse(504, "Gateway Timeout: the app behind ssl-proxy did not answer in time");
   }
   if (req.signal.aborted) {
-    log.debug(`${request}: the client closed the connection before ${upstream.origin} answered`);
+    log.debug(`${request}: the client closed the connection before ${upstream} answered`);
     return textResponse(499, "Client Closed Request");
   }
-  log.error(`${request}: cannot reach ${upstream.origin}: ${describeConnectError(error)}`);
+  log.error(`${request}: cannot reach ${upstream}: ${describeConnectError(error)}`);
   return textResponse(502, "Bad Gateway: ssl-proxy could not get an answer from the app behind it");
 }
 
@@ -154,6 +155,8 @@ export function describeConnectError(error: unknown): string {
   switch (code) {
     case "ECONNREFUSED":
       return "connection refused (is the app running and listening on that address?)";
+    case "ENOENT":
+      return "no such socket (is the app running and listening on that socket?)";
     case "ENOTFOUND":
     case "EAI_AGAIN":
       return "host name not found (check the host in -to)";

@@ -22,7 +22,7 @@ import {
   startTlsAlpnResponder,
   withHttpChallenges,
 } from "./challenges.ts";
-import type { ProxyConfig } from "./config.ts";
+import { describeUpstream, type ProxyConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
 import { withAccessLog } from "./accesslog.ts";
 import { createProxyHandler, type ProxyHandler } from "./proxy.ts";
@@ -72,11 +72,11 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
 
   const forward = createProxyHandler({
     upstream: config.upstream,
-    client: createUpstreamClient(upstreamTls),
+    client: createUpstreamClient(upstreamTls, config.upstream.socketPath),
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     log,
   });
-  const upstreamName = `${config.upstream.origin}${config.upstream.basePath}`;
+  const upstreamName = describeUpstream(config.upstream);
   const proxy = config.accessLog ? withAccessLog(forward, upstreamName, log) : forward;
   const https = await startHttpsListener({
     listen: config.listen,
@@ -84,6 +84,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
     proxy,
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     upstreamTls,
+    upstreamSocket: config.upstream.socketPath,
     maxBodyBytes: config.maxBodyBytes,
     log,
   }).catch(async (error: unknown) => {
@@ -93,9 +94,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
   httpsPort = https.port;
 
   logCertificate(certificate, config, usesAcme, log);
-  log.info(
-    `https://${formatHostPort(config.listen.host, https.port)} -> ${config.upstream.origin}${config.upstream.basePath}`,
-  );
+  log.info(`https://${formatHostPort(config.listen.host, https.port)} -> ${upstreamName}`);
   if (http) {
     const target = config.redirectHTTP
       ? `redirect to https://${config.domains[0] ?? "<host>"}${https.port === 443 ? "" : `:${https.port}`}`
@@ -211,6 +210,7 @@ async function renewWithStandIn(
   const options = {
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     upstreamTls: running.upstreamTls,
+    upstreamSocket: config.upstream.socketPath,
     maxBodyBytes: config.maxBodyBytes,
     log,
   };

@@ -38,6 +38,8 @@ export interface HttpsOptions {
   upstreamTimeoutMs: number;
   /** Certificate checking for a wss:// backend. */
   upstreamTls: UpstreamTls;
+  /** The backend's Unix socket from `-to unix:PATH`; undefined for TCP. */
+  upstreamSocket: string | undefined;
   /** Largest request body accepted in bytes; 0 for no limit. */
   maxBodyBytes: number;
   log: ConsolaInstance;
@@ -56,7 +58,12 @@ export async function serveThroughProxy(
   server: Server<WebSocketSession>,
   proxy: ProxyHandler,
   connection: { address: string | undefined; localPort: number },
-  options: { upstreamTimeoutMs: number; upstreamTls: UpstreamTls; log: ConsolaInstance },
+  options: {
+    upstreamTimeoutMs: number;
+    upstreamTls: UpstreamTls;
+    upstreamSocket: string | undefined;
+    log: ConsolaInstance;
+  },
 ): Promise<Response | undefined> {
   server.timeout(req, 0);
   const started = performance.now();

@@ -1,7 +1,9 @@
+import { lookup } from "node:dns/promises";
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
+import { connect as connectTcp, isIP, type Socket } from "node:net";
 import { Readable } from "node:stream";
-import { rootCertificates } from "node:tls";
+import { connect as connectTls, rootCertificates } from "node:tls";
 
 /** The request fields the proxy passes to the upstream client, as in fetch's RequestInit. */
 export interface UpstreamRequestInit {
@@ -39,12 +41,17 @@ export function upstreamTlsOptions(settings: UpstreamTls): {
  * Bun's fetch turns a path that starts with "//" into one slash ("//x//y" goes out as "/x//y"),
  * so those requests go through node:http, which sends the path as given.
  */
-export function createUpstreamClient(settings: UpstreamTls): UpstreamClient {
+export function createUpstreamClient(
+  settings: UpstreamTls,
+  socketPath: string | undefined = undefined,
+): UpstreamClient {
   // One object for every request, so that fetch keeps one connection pool for it.
   const tls = upstreamTlsOptions(settings);
+  const socket: { unix?: string } = socketPath === undefined ? {} : { unix: socketPath };
   return (url, init) => {
-    if (hasDoubleSlashPath(url)) return sendWithNodeHttp(url, init, tls);
+    if (hasDoubleSlashPath(url)) return sendWithNodeHttp(url, init, { ...tls, ...socket });
     return fetch(url, {
+      ...socket,
       tls,
       method: init.method,
       headers: init.headers,
@@ -64,25 +71,36 @@ function hasDoubleSlashPath(url: string): boolean {
   return pathStart !== -1 && url.charCodeAt(pathStart + 1) === 47; // "/"
 }
 
-function sendWithNodeHttp(
+async function sendWithNodeHttp(
   url: string,
   init: UpstreamRequestInit,
-  tls: ReturnType<typeof upstreamTlsOptions>,
+  options: ReturnType<typeof upstreamTlsOptions> & { unix?: string },
 ): Promise<Response> {
   const pathStart = url.indexOf("/", url.indexOf("//") + 2);
   const origin = new URL(url.slice(0, pathStart));
-  const send = origin.protocol === "https:" ? httpsRequest : httpRequest;
+  const secure = origin.protocol === "https:";
+  const host = origin.hostname.replace(/^\[|\]$/g, "");
+  const port = Number(origin.port || (secure ? 443 : 80));
+  // node:http tries only the first address of a name, where fetch tries each in turn.
+  const socket =
+    options.unix === undefined && isIP(host) === 0
+      ? await connectToAny(host, port, secure ? options : undefined)
+      : undefined;
+  const send = secure && !socket ? httpsRequest : httpRequest;
 
   return new Promise((resolve, reject) => {
     const outgoing = send(
       {
-        host: origin.hostname.replace(/^\[|\]$/g, ""),
-        port: origin.port || (origin.protocol === "https:" ? 443 : 80),
+        host,
+        port,
         method: init.method,
         path: url.slice(pathStart),
         headers: Object.fromEntries(init.headers),
         signal: init.signal,
-        ...tls,
+        ...(socket ? { createConnection: () => socket } : {}),
+        ...(options.unix === undefined ? {} : { socketPath: options.unix }),
+        ca: options.ca,
+        rejectUnauthorized: options.rejectUnauthorized,
       },
       (incoming) => resolve(toResponse(incoming)),
     );
@@ -93,6 +111,35 @@ function sendWithNodeHttp(
       outgoing.end();
     }
   });
+}
+
+/**
+ * Connects to the first address of `host` that accepts, over TLS when `tls` is given.
+ * "localhost" and names under it mean both loopback addresses (RFC 6761 section 6.3).
+ */
+async function connectToAny(
+  host: string,
+  port: number,
+  tls: ReturnType<typeof upstreamTlsOptions> | undefined,
+): Promise<Socket> {
+  const addresses =
+    host === "localhost" || host.endsWith(".localhost")
+      ? ["::1", "127.0.0.1"]
+      : (await lookup(host, { all: true })).map((entry) => entry.address);
+  let failure: unknown;
+  for (const address of addresses) {
+    try {
+      return await new Promise<Socket>((resolve, reject) => {
+        const socket = tls
+          ? connectTls({ host: address, port, servername: host, ...tls }, () => resolve(socket))
+          : connectTcp({ host: address, port }, () => resolve(socket));
+        socket.once("error", reject);
+      });
+    } catch (error) {
+      failure = error;
+    }
+  }
+  throw failure;
 }
 
 function toResponse(incoming: IncomingMessage): Response {

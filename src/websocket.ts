@@ -10,9 +10,11 @@ export interface WebSocketSession {
   pending: (string | ArrayBuffer)[];
 }
 
-/** Headers the WebSocket client sets itself, or that describe only the client's connection. */
+/**
+ * Headers the WebSocket client sets itself, or that describe only the client's connection.
+ * Host is kept, as for plain requests: apps such as Jupyter check Origin against it.
+ */
 const OWN_HANDSHAKE_HEADERS = new Set([
-  "host",
   "sec-websocket-key",
   "sec-websocket-version",
   "sec-websocket-extensions",
@@ -37,6 +39,7 @@ export async function proxyWebSocket(
     headers: Headers;
     upstreamTimeoutMs: number;
     upstreamTls: UpstreamTls;
+    upstreamSocket: string | undefined;
     log: ConsolaInstance;
   },
 ): Promise<Response | undefined> {
@@ -49,7 +52,7 @@ export async function proxyWebSocket(
   headers.forEach((value, name) => {
     if (!OWN_HANDSHAKE_HEADERS.has(name)) forwarded[name] = value;
   });
-  const upstream = new WebSocket(url.replace(/^http/, "ws"), {
+  const upstream = new WebSocket(webSocketURL(url, target.upstreamSocket), {
     protocols,
     headers: forwarded,
     tls: upstreamTlsOptions(target.upstreamTls),
@@ -75,6 +78,13 @@ export async function proxyWebSocket(
     return new Response("Bad Request: invalid WebSocket handshake\n", { status: 400 });
   }
   return undefined;
+}
+
+/** Turns a backend http(s) URL into ws(s), or into Bun's ws+unix://PATH:TARGET for a Unix socket. */
+function webSocketURL(url: string, socketPath: string | undefined): string {
+  if (socketPath === undefined) return url.replace(/^http/, "ws");
+  const target = url.slice(url.indexOf("/", url.indexOf("//") + 2));
+  return `ws+unix://${socketPath}:${target}`;
 }
 
 function waitForOpen(upstream: WebSocket, timeoutMs: number): Promise<string | undefined> {

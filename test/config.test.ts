@@ -128,6 +128,21 @@ describe("parseUpstream", () => {
     expect(upstream).toEqual({ origin, basePath, baseQuery });
   });
 
+  test.each([
+    ["unix:/run/app.sock", "/run/app.sock"],
+    ["UNIX:/run/app.sock", "/run/app.sock"],
+    ["unix:app.sock", `${process.cwd()}/app.sock`],
+  ])("parses %p as a Unix socket", (value, socketPath) => {
+    const upstream = parseUpstream(value);
+
+    expect(upstream).toEqual({
+      origin: "http://localhost",
+      socketPath,
+      basePath: "",
+      baseQuery: "",
+    });
+  });
+
   test("notes the assumed http scheme", () => {
     const notices: string[] = [];
 
@@ -157,6 +172,8 @@ describe("parseUpstream", () => {
     "http://127.0.0.1:5000/#top",
     "http://",
     "",
+    "unix:",
+    "unix:/run/app.sock?x=1",
     // A bare port is a common slip for -to 127.0.0.1:5000, and the WHATWG URL parser reads
     // "5000" as the IPv4 address 0.0.19.136.
     "5000",

@@ -273,8 +273,21 @@ export async function findFlaskPython(): Promise<string> {
 
 /** Starts test/fixtures/flask_app.py on a free port of 127.0.0.1 and waits until it responds. */
 export async function startFlask() {
-  const python = await findFlaskPython();
-  const proc = Bun.spawn([python, join(ROOT, "test/fixtures/flask_app.py")], {
+  return startPythonApp(await findFlaskPython(), "flask_app.py");
+}
+
+/** Starts test/fixtures/kernel_app.py, a Tornado app with Jupyter's WebSocket checks. */
+export async function startKernelApp() {
+  const probe = await run(["/usr/bin/python3", "-c", "import tornado"]).catch(() => undefined);
+  if (probe?.exitCode !== 0) {
+    throw new Error("no python3 with Tornado: install the Debian package python3-tornado");
+  }
+  return startPythonApp("/usr/bin/python3", "kernel_app.py");
+}
+
+/** Runs a fixture app that prints PORT=<n> once it listens, and waits for that line. */
+async function startPythonApp(python: string, fixture: string) {
+  const proc = Bun.spawn([python, join(ROOT, "test/fixtures", fixture)], {
     stdout: "pipe",
     stderr: "pipe",
     stdin: "ignore",
@@ -283,7 +296,7 @@ export async function startFlask() {
   let text = "";
   while (!/PORT=(\d+)/.test(text)) {
     const { value, done } = await reader.read();
-    if (done) throw new Error(`flask_app.py exited: ${await new Response(proc.stderr).text()}`);
+    if (done) throw new Error(`${fixture} exited: ${await new Response(proc.stderr).text()}`);
     text += new TextDecoder().decode(value);
   }
   reader.releaseLock();

@@ -6,6 +6,9 @@ import { makeTempDir, PROXY_COMMANDS, run, startProxy } from "./helpers.ts";
 
 let backend: ReturnType<typeof Bun.serve>;
 let backendCA: string;
+/** An https backend on ::1 only whose certificate names localhost, trusted through its own file. */
+let namedBackend: ReturnType<typeof Bun.serve>;
+let namedBackendCA: string;
 
 beforeAll(async () => {
   // A self-signed certificate is its own CA, which the tests trust through -upstreamCA.
@@ -18,9 +21,21 @@ beforeAll(async () => {
     tls: { cert: pair.cert, key: pair.key },
     fetch: () => new Response("from the https backend\n"),
   });
+  const named = await createSelfSignedCertificate(["localhost"]);
+  namedBackendCA = join(makeTempDir("backend-ca"), "localhost.pem");
+  writeFileSync(namedBackendCA, named.cert);
+  namedBackend = Bun.serve({
+    hostname: "::1",
+    port: 0,
+    tls: { cert: named.cert, key: named.key },
+    fetch: (req) => new Response(`localhost backend saw ${new URL(req.url).pathname}\n`),
+  });
 });
 
-afterAll(() => backend.stop(true));
+afterAll(() => {
+  backend.stop(true);
+  namedBackend.stop(true);
+});
 
 describe.each(PROXY_COMMANDS)("https:// backends ($name)", (command) => {
   const to = () => `https://127.0.0.1:${backend.port}`;
@@ -61,5 +76,25 @@ describe.each(PROXY_COMMANDS)("https:// backends ($name)", (command) => {
     expect(proxy.stderr()).toContain(
       "warning: -upstreamInsecure: the certificate of the https:// backend is not checked\n",
     );
+  });
+
+  test.each(["/a", "//a"])("checks the name of a localhost backend on ::1 for %s", async (path) => {
+    const to = `https://localhost:${namedBackend.port}`;
+    const trusted = await startProxy(command, ["-to", to, "-upstreamCA", namedBackendCA]);
+    const untrusted = await startProxy(command, ["-to", to]);
+
+    const good = await run(["curl", "-sk", `https://127.0.0.1:${trusted.port}${path}`]);
+    const bad = await run([
+      "curl",
+      "-sk",
+      "-w",
+      "%{http_code}",
+      `https://127.0.0.1:${untrusted.port}${path}`,
+    ]);
+    await trusted.stop();
+    await untrusted.stop();
+
+    expect(good.stdout).toBe(`localhost backend saw ${path}\n`);
+    expect(bad.stdout.endsWith("502")).toBe(true);
   });
 });
