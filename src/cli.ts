@@ -84,6 +84,13 @@ export const FLAGS = {
     description:
       "Maximum wait for the backend's response headers before the client gets a 504; 0 waits forever",
   },
+  idleTimeout: {
+    type: "string",
+    default: "120s",
+    valueHint: "duration",
+    description:
+      "Close a connection after this long without traffic: idle keep-alive, or a pause in a streamed response (Server-Sent Events are never cut); at most 255s, 0 never",
+  },
   shutdownTimeout: {
     type: "string",
     default: "10s",

@@ -40,6 +40,11 @@ export interface ProxyConfig {
   dataDir: string;
   /** Maximum wait for the backend's response headers in ms, from -upstreamTimeout (default 60s); 0 for none. */
   upstreamTimeoutMs: number;
+  /**
+   * Seconds without traffic after which a connection is closed, from -idleTimeout (default
+   * 120s); 0 for never. Bun.serve counts in whole seconds, up to 255.
+   */
+  idleTimeoutSeconds: number;
   /** Maximum wait for open requests at shutdown in ms, from -shutdownTimeout (default 10s). */
   shutdownTimeoutMs: number;
   /** ACME settings, used when -domain is given without -cert and -key. */
@@ -81,6 +86,7 @@ export interface FlagValues {
   httpFrom: string;
   dataDir?: string | undefined;
   upstreamTimeout: string;
+  idleTimeout?: string | undefined;
   shutdownTimeout: string;
   email?: string | undefined;
   acmeDirectory?: string | undefined;
@@ -113,6 +119,7 @@ export function resolveConfig(
     httpListen: parseListenAddress("httpFrom", flags.httpFrom),
     dataDir: resolveDataDir(flags.dataDir, env),
     upstreamTimeoutMs: parseDuration("upstreamTimeout", flags.upstreamTimeout),
+    idleTimeoutSeconds: parseIdleTimeout(flags.idleTimeout ?? "120s"),
     shutdownTimeoutMs: parseDuration("shutdownTimeout", flags.shutdownTimeout),
     acme: resolveAcmeSettings(flags),
     accessLog: flags.accessLog ?? false,
@@ -301,6 +308,20 @@ export function parseSize(flag: string, value: string): number {
     );
   }
   return Math.round(Number(match[1]) * unit);
+}
+
+/** The longest idle timeout that Bun.serve accepts, in seconds. */
+const MAX_IDLE_TIMEOUT_SECONDS = 255;
+
+/** Parses -idleTimeout into whole seconds, rounding up, as Bun.serve's idle timer counts. */
+export function parseIdleTimeout(value: string): number {
+  const seconds = Math.ceil(parseDuration("idleTimeout", value) / 1000);
+  if (seconds > MAX_IDLE_TIMEOUT_SECONDS) {
+    throw usageError(
+      `-idleTimeout "${value}" is too long: the maximum is ${MAX_IDLE_TIMEOUT_SECONDS}s, and 0 keeps idle connections open`,
+    );
+  }
+  return seconds;
 }
 
 const DURATION_UNITS_MS: Record<string, number> = {

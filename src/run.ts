@@ -86,6 +86,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
     upstreamTls,
     upstreamSocket: config.upstream.socketPath,
     maxBodyBytes: config.maxBodyBytes,
+    idleTimeoutSeconds: config.idleTimeoutSeconds,
     log,
   }).catch(async (error: unknown) => {
     await http?.stop(0);
@@ -212,6 +213,7 @@ async function renewWithStandIn(
     upstreamTls: running.upstreamTls,
     upstreamSocket: config.upstream.socketPath,
     maxBodyBytes: config.maxBodyBytes,
+    idleTimeoutSeconds: config.idleTimeoutSeconds,
     log,
   };
   const standIn = await startStandInListener(listen, current, challenges, proxy, options);

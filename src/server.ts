@@ -42,16 +42,19 @@ export interface HttpsOptions {
   upstreamSocket: string | undefined;
   /** Largest request body accepted in bytes; 0 for no limit. */
   maxBodyBytes: number;
+  /** Seconds without traffic after which a connection is closed; 0 for never. */
+  idleTimeoutSeconds: number;
   log: ConsolaInstance;
 }
 
 /**
  * Serves one request of a Bun.serve listener through the proxy handler, WebSocket upgrades
- * included. Bun's idle timer (10 s by default) also runs while the handler waits for the
- * backend, so it is off until the response starts, and -upstreamTimeout bounds that wait
- * instead. The setting stays on the connection, so it is set again for the response and the
- * idle time after it. Bun counts the new limit from the last read, so after a wait close to
- * the limit the connection would be cut at once, and the timer then stays off.
+ * included. Bun's idle timer also runs while the handler waits for the backend, so it is off
+ * until the response starts, and -upstreamTimeout bounds that wait instead. The setting stays
+ * on the connection, so -idleTimeout is set again for the response and the idle time after it,
+ * except for Server-Sent Events, whose streams may stay quiet for any time. Bun counts the new
+ * limit from the last read, so after a wait over half the limit the connection would be cut
+ * at once, and the timer then stays off.
  */
 export async function serveThroughProxy(
   req: Request,
@@ -59,6 +62,7 @@ export async function serveThroughProxy(
   proxy: ProxyHandler,
   connection: { address: string | undefined; localPort: number },
   options: {
+    idleTimeoutSeconds: number;
     upstreamTimeoutMs: number;
     upstreamTls: UpstreamTls;
     upstreamSocket: string | undefined;
@@ -71,8 +75,14 @@ export async function serveThroughProxy(
     ...connection,
     upgradeWebSocket: (url, headers) => proxyWebSocket(req, server, { url, headers, ...options }),
   });
-  if (res && performance.now() - started < RESPONSE_IDLE_SECONDS * 500) {
-    server.timeout(req, RESPONSE_IDLE_SECONDS);
+  const idle = options.idleTimeoutSeconds;
+  if (
+    res &&
+    idle > 0 &&
+    performance.now() - started < idle * 500 &&
+    !res.headers.get("content-type")?.startsWith("text/event-stream")
+  ) {
+    server.timeout(req, idle);
   }
   return res;
 }
@@ -98,6 +108,7 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
       tls: { cert: bundle.cert, key: bundle.key },
       // Development mode would send error pages with source lines and a stack trace.
       development: false,
+      idleTimeout: options.idleTimeoutSeconds,
       // Uploads stream through; without -maxBodySize only the backend's own limit applies.
       maxRequestBodySize: options.maxBodyBytes > 0 ? options.maxBodyBytes : Number.MAX_SAFE_INTEGER,
       websocket: WEBSOCKET_HANDLERS,
@@ -144,14 +155,6 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
     },
   };
 }
-
-/**
- * Seconds of silence after which a connection is closed once its response has started: the
- * longest that Bun.serve's idle timer allows. It bounds idle keep-alive connections and
- * lets a streamed response pause for up to four minutes.
- */
-// NOTE: no test waits 255 s for an idle connection to close; a probe with a 3 s limit did.
-export const RESPONSE_IDLE_SECONDS = 255;
 
 /** Binds a plain-HTTP listener (Bun.serve without TLS) that serves `handler`. */
 export function startHttpListener(

@@ -32,6 +32,7 @@ export async function startStandInListener(
     hostname: "127.0.0.1",
     port: 0,
     development: false,
+    idleTimeout: options.idleTimeoutSeconds,
     maxRequestBodySize: options.maxBodyBytes > 0 ? options.maxBodyBytes : Number.MAX_SAFE_INTEGER,
     websocket: WEBSOCKET_HANDLERS,
     fetch(req, server) {

@@ -483,6 +483,7 @@ describe.each(PROXY_COMMANDS)("ssl-proxy ($name)", (command) => {
       "httpFrom",
       "dataDir",
       "upstreamTimeout",
+      "idleTimeout",
       "shutdownTimeout",
       "version",
       "h",
@@ -505,6 +506,7 @@ describe.each(PROXY_COMMANDS)("ssl-proxy ($name)", (command) => {
       ["httpFrom", ":80"],
       ["dataDir", "~/.ssl-proxy"],
       ["upstreamTimeout", "60s"],
+      ["idleTimeout", "120s"],
       ["shutdownTimeout", "10s"],
     ])("shows the -%s default", async (name, fallback) => {
       const result = await runToExit(command, ["-help"]);

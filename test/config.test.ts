@@ -6,6 +6,7 @@ import { FLAGS } from "../src/cli.ts";
 import {
   parseDomains,
   parseDuration,
+  parseIdleTimeout,
   parseSize,
   parseUpstream,
   resolveConfig,
@@ -281,6 +282,23 @@ describe("parseDuration", () => {
   });
 });
 
+describe("parseIdleTimeout", () => {
+  test.each([
+    ["0", 0],
+    ["500ms", 1],
+    ["1m", 60],
+    ["255s", 255],
+  ])("parses %p as %p seconds", (value, seconds) => {
+    expect(parseIdleTimeout(value)).toBe(seconds);
+  });
+
+  test("rejects more than Bun.serve can wait", () => {
+    const error = catchError(() => parseIdleTimeout("256s"));
+
+    expectUsageError(error, ["-idleTimeout", '"256s"', "255s"]);
+  });
+});
+
 describe("resolveConfig", () => {
   test("applies the documented defaults", () => {
     const config = resolveConfig(DEFAULT_FLAGS, {});
@@ -294,6 +312,7 @@ describe("resolveConfig", () => {
       httpListen: { host: "0.0.0.0", port: 80 },
       dataDir: join(homedir(), ".ssl-proxy"),
       upstreamTimeoutMs: 60_000,
+      idleTimeoutSeconds: 120,
       shutdownTimeoutMs: 10_000,
       acme: { directoryUrl: LETS_ENCRYPT_DIRECTORY, email: undefined, caFile: undefined },
       accessLog: false,
@@ -350,6 +369,7 @@ describe("resolveConfig", () => {
       httpFrom: "127.0.0.1:8080",
       dataDir: "/srv/ssl-proxy",
       upstreamTimeout: "5s",
+      idleTimeout: "30s",
       shutdownTimeout: "1m",
       email: "me@example.edu",
       acmeDirectory: "https://127.0.0.1:14000/dir",
@@ -372,6 +392,7 @@ describe("resolveConfig", () => {
       httpListen: { host: "127.0.0.1", port: 8080 },
       dataDir: "/srv/ssl-proxy",
       upstreamTimeoutMs: 5000,
+      idleTimeoutSeconds: 30,
       shutdownTimeoutMs: 60_000,
       acme: {
         directoryUrl: "https://127.0.0.1:14000/dir",
