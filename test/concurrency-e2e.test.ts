@@ -1,0 +1,64 @@
+import { describe, expect, test } from "bun:test";
+import { Agent, request } from "node:https";
+import { PROXY_COMMANDS, startProxy } from "./helpers.ts";
+
+// Bun's fetch runs 256 requests at a time unless BUN_CONFIG_MAX_HTTP_REQUESTS says otherwise.
+const CONCURRENT = 300;
+
+/**
+ * Starts a backend that holds every request until `count` of them are open at once, as long
+ * polls do, then answers them all. A proxy that runs fewer at a time never gets an answer.
+ */
+function startGatheringBackend(count: number) {
+  const gathered = Promise.withResolvers<void>();
+  let open = 0;
+  const server = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    idleTimeout: 60,
+    async fetch() {
+      open += 1;
+      if (open === count) gathered.resolve();
+      await gathered.promise;
+      return new Response("released\n");
+    },
+  });
+  return { url: server.url.href, stop: () => server.stop(true), open: () => open };
+}
+
+/** Sends one GET through the proxy with node:https, whose client has no such limit. */
+function get(port: number, agent: Agent): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const outgoing = request(
+      { host: "127.0.0.1", port, path: "/poll", agent, rejectUnauthorized: false },
+      (incoming) => {
+        let body = "";
+        incoming.on("data", (chunk) => (body += chunk));
+        incoming.on("end", () => resolve(body));
+      },
+    );
+    outgoing.on("error", reject);
+    outgoing.end();
+  });
+}
+
+describe.each(PROXY_COMMANDS)("concurrency ($name)", (command) => {
+  test(`holds ${CONCURRENT} long requests open at once`, async () => {
+    const backend = startGatheringBackend(CONCURRENT);
+    const proxy = await startProxy(command, ["-to", backend.url]);
+    const agent = new Agent({ keepAlive: true, maxSockets: Infinity });
+    try {
+      const answers = Promise.all(Array.from({ length: CONCURRENT }, () => get(proxy.port, agent)));
+      const outcome = await Promise.race([answers, Bun.sleep(20_000).then(() => "stalled")]);
+
+      expect({ outcome, open: backend.open() }).toEqual({
+        outcome: Array(CONCURRENT).fill("released\n"),
+        open: CONCURRENT,
+      });
+    } finally {
+      agent.destroy();
+      await proxy.stop();
+      backend.stop();
+    }
+  }, 40_000);
+});
