@@ -102,7 +102,7 @@ async function sendWithNodeHttp(
         ca: options.ca,
         rejectUnauthorized: options.rejectUnauthorized,
       },
-      (incoming) => resolve(toResponse(incoming)),
+      (incoming) => resolve(toResponse(incoming, init.method)),
     );
     outgoing.on("error", reject);
     if (init.body) {
@@ -142,13 +142,14 @@ async function connectToAny(
   throw failure;
 }
 
-function toResponse(incoming: IncomingMessage): Response {
+function toResponse(incoming: IncomingMessage, method: string): Response {
   const headers = new Headers();
   for (let i = 0; i < incoming.rawHeaders.length; i += 2) {
     headers.append(incoming.rawHeaders[i]!, incoming.rawHeaders[i + 1]!);
   }
   const status = incoming.statusCode ?? 502;
-  const bodyless = status === 204 || status === 304;
+  // RFC 9110 sections 9.3.2, 15.3.5 and 15.4.5: these answers have no body, whatever the headers say.
+  const bodyless = method === "HEAD" || status === 204 || status === 304;
   const body = bodyless ? null : (Readable.toWeb(incoming) as ReadableStream<Uint8Array>);
   return new Response(body, { status, headers });
 }
