@@ -129,6 +129,8 @@ export const WEBSOCKET_HANDLERS: WebSocketHandler<WebSocketSession> = {
     session.client = client;
     for (const data of session.pending.splice(0)) relayToClient(client, data);
     session.upstream.onclose = (event) => client.close(sendableCloseCode(event.code), event.reason);
+    // Each side has already answered the ping with a pong; the ping itself goes on as well.
+    session.upstream.addEventListener("ping", (event) => client.ping(event.data));
     session.upstream.onerror = () => client.close(1011, "backend connection failed");
   },
   message(client, message) {
@@ -139,6 +141,10 @@ export const WEBSOCKET_HANDLERS: WebSocketHandler<WebSocketSession> = {
       upstream.close(CLOSE_TRY_AGAIN_LATER, "backend reads too slowly");
       client.close(CLOSE_TRY_AGAIN_LATER, "backend reads too slowly");
     }
+  },
+  ping(client, data) {
+    const { upstream } = client.data;
+    if (upstream.readyState === WebSocket.OPEN) upstream.ping(data);
   },
   close(client, code, reason) {
     const { upstream } = client.data;

@@ -8,11 +8,13 @@ const handshakes: {
   authorization: string | null;
   offered: string | null;
 }[] = [];
-const closesSeen: { code: number; reason: string }[] = [];
+/** Close codes and reasons the backend saw, by the path each WebSocket was opened on. */
+const closesSeen: { path: string; code: number; reason: string }[] = [];
+const pingsSeen: string[] = [];
 let backend: ReturnType<typeof Bun.serve>;
 
 beforeAll(() => {
-  backend = Bun.serve({
+  backend = Bun.serve<{ path: string }>({
     hostname: "127.0.0.1",
     port: 0,
     fetch(req, server) {
@@ -29,16 +31,22 @@ beforeAll(() => {
         .map((p) => p.trim());
       const chosen = offered.at(-1);
       const headers = chosen ? { "sec-websocket-protocol": chosen } : undefined;
-      if (server.upgrade(req, { data: undefined, ...(headers ? { headers } : {}) })) return;
+      const data = { path: url.pathname };
+      if (server.upgrade(req, { data, ...(headers ? { headers } : {}) })) return;
       return new Response("not a WebSocket", { status: 400 });
     },
     websocket: {
       message(ws, message) {
         if (message === "close-4001") return ws.close(4001, "backend says bye");
-        ws.send(message);
+        if (message === "ping-me") ws.ping("from the backend");
+        else if (message === "drop") ws.terminate();
+        else ws.send(message);
       },
-      close(_, code, reason) {
-        closesSeen.push({ code, reason });
+      close(ws, code, reason) {
+        closesSeen.push({ path: ws.data.path, code, reason });
+      },
+      ping(_, data) {
+        pingsSeen.push(data.toString());
       },
     },
   });
@@ -123,12 +131,45 @@ describe.each(PROXY_COMMANDS)("WebSockets ($name)", (command) => {
   });
 
   test("passes the client's close code", async () => {
-    closesSeen.length = 0;
-    const { ws } = await connect(proxy, "/");
+    const { ws } = await connect(proxy, "/leaves");
 
     ws.close(4321, "client leaves");
-    await waitFor(() => closesSeen.length === 1);
+    await waitFor(() => closesSeen.some((close) => close.path === "/leaves"));
 
-    expect(closesSeen[0]).toEqual({ code: 4321, reason: "client leaves" });
+    expect(closesSeen.filter((close) => close.path === "/leaves")).toEqual([
+      { path: "/leaves", code: 4321, reason: "client leaves" },
+    ]);
+  });
+
+  test("passes pings both ways", async () => {
+    pingsSeen.length = 0;
+    const { ws } = await connect(proxy, "/");
+    const pingsReceived: string[] = [];
+    ws.addEventListener("ping", (event) => pingsReceived.push(Buffer.from(event.data).toString()));
+
+    ws.ping("from the client");
+    ws.send("ping-me");
+    await waitFor(() => pingsSeen.length === 1 && pingsReceived.length === 1);
+    ws.close();
+
+    expect(pingsSeen).toEqual(["from the client"]);
+    expect(pingsReceived).toEqual(["from the backend"]);
+  });
+
+  test("closes the backend's side when the client drops the connection", async () => {
+    const { ws } = await connect(proxy, "/drops");
+
+    ws.terminate();
+    await waitFor(() => closesSeen.some((close) => close.path === "/drops"));
+
+    expect(closesSeen.find((close) => close.path === "/drops")!.code).toBe(1011);
+  });
+
+  test("closes the client's side when the backend drops the connection", async () => {
+    const { ws, closed } = await connect(proxy, "/");
+
+    ws.send("drop");
+
+    expect((await closed).code).toBe(1011);
   });
 });
