@@ -1,6 +1,7 @@
 // Compiles ssl-proxy into one executable that needs neither Bun nor Node. Run directly, it builds
 // dist/ssl-proxy-linux-amd64 (or the path given as its argument) for the host's linux-x64.
 import { $ } from "bun";
+import { join } from "node:path";
 import packageJson from "../package.json" with { type: "json" };
 
 /**
@@ -20,7 +21,8 @@ export async function compileBinary(target: string, outfile: string): Promise<vo
     "--no-compile-autoload-package-json",
   ];
   const version = `BUILD_VERSION=${JSON.stringify(packageJson.version)}`;
-  await $`${process.execPath} build src/index.ts --compile --target=${target} ${speed} ${isolation} --define ${version} --outfile ${outfile}`;
+  const entry = join(import.meta.dir, "../src/index.ts");
+  await $`${process.execPath} build ${entry} --compile --target=${target} ${speed} ${isolation} --define ${version} --outfile ${outfile}`;
 }
 
 if (import.meta.main) {
