@@ -243,6 +243,21 @@ describe("install.sh", () => {
     expect(through.curl.stdout).toBe(through.expectedBody);
   });
 
+  test("replaces an installed ssl-proxy", async () => {
+    const installDir = makeTempDir("install");
+    writeFileSync(join(installDir, "ssl-proxy"), "#!/bin/sh\necho old\n", { mode: 0o755 });
+
+    const result = await runInstaller({
+      SSL_PROXY_DOWNLOAD_URL: `${baseUrl}/release`,
+      SSL_PROXY_INSTALL_DIR: installDir,
+    });
+
+    const version = await run([join(installDir, "ssl-proxy"), "-version"]);
+    expect(result.exitCode).toBe(0);
+    expect(readdirSync(installDir)).toEqual(["ssl-proxy"]);
+    expect(version.stdout).toBe(`${VERSION_LINE}\n`);
+  });
+
   test("installs into ~/.local/bin without root", async () => {
     const home = makeTempDir("home");
     chmodSync(home, 0o755);
@@ -260,6 +275,48 @@ describe("install.sh", () => {
     expect(statSync(installed).uid).toBe(65534);
     const version = await run([installed, "-version"]);
     expect(version.stdout).toBe(`${VERSION_LINE}\n`);
+  });
+
+  test.each([
+    ["latest", {}, "latest/download"],
+    ["v0.2.0", { SSL_PROXY_VERSION: "v0.2.0" }, "download/v0.2.0"],
+    ["0.2.0", { SSL_PROXY_VERSION: "0.2.0" }, "download/v0.2.0"],
+  ])("requests %s from GitHub releases", async (_name, env, folder) => {
+    const path = linkTools(INSTALL_TOOLS);
+    const log = join(path, "curl.log");
+    // This curl only records the URL it is given, so no request leaves the machine.
+    const fakeCurl = `#!/bin/sh
+for arg; do url=$arg; done
+echo "$url" >> ${log}
+exit 7
+`;
+    writeFileSync(join(path, "curl"), fakeCurl, { mode: 0o755 });
+    const repository = packageJson.repository.replace(/^github:/, "");
+
+    const result = await runInstaller(
+      { SSL_PROXY_INSTALL_DIR: makeTempDir("install"), ...env },
+      path,
+    );
+
+    const releases = `https://github.com/${repository}/releases`;
+    expect(readFileSync(log, "utf8")).toBe(`${releases}/${folder}/${ARCHIVE}\n`);
+    expect(result.stderr).toStartWith("ssl-proxy install: downloading");
+    expect(result.exitCode).toBe(1);
+  });
+
+  test("rejects a malformed SSL_PROXY_VERSION", async () => {
+    const servedBefore = served.length;
+
+    const result = await runInstaller({
+      SSL_PROXY_VERSION: "0.1.0;rm",
+      SSL_PROXY_DOWNLOAD_URL: `${baseUrl}/release`,
+    });
+
+    expect(result.stderr).toBe(
+      'ssl-proxy install: SSL_PROXY_VERSION must look like 0.1.0, got "0.1.0;rm"\n',
+    );
+    expect(result.exitCode).toBe(1);
+    expect(served.length).toBe(servedBefore);
   });
 
   test("rejects a checksum mismatch", async () => {
