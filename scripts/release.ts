@@ -12,14 +12,14 @@ import packageJson from "../package.json" with { type: "json" };
 import { compileBinary } from "./build.ts";
 
 /** One release asset: the Bun compile target and the executable's name inside the archive. */
-export interface ReleaseTarget {
+interface ReleaseTarget {
   bunTarget: string;
   executable: string;
   archive: "tar.gz" | "zip";
 }
 
 /** Every target Bun compiles for, named GOOS-GOARCH as the original's assets are. */
-export const RELEASE_TARGETS: readonly ReleaseTarget[] = [
+const RELEASE_TARGETS: readonly ReleaseTarget[] = [
   { bunTarget: "bun-linux-x64", executable: "ssl-proxy-linux-amd64", archive: "tar.gz" },
   { bunTarget: "bun-linux-arm64", executable: "ssl-proxy-linux-arm64", archive: "tar.gz" },
   { bunTarget: "bun-darwin-x64", executable: "ssl-proxy-darwin-amd64", archive: "tar.gz" },
@@ -55,7 +55,7 @@ async function hashFiles(files: string[], outDir: string): Promise<string> {
 }
 
 /** Builds the executables and archives of `targets` into `outDir`, then writes SHA256SUMS. */
-export async function buildRelease(targets: readonly ReleaseTarget[], outDir: string) {
+async function buildRelease(targets: readonly ReleaseTarget[], outDir: string) {
   await mkdir(outDir, { recursive: true });
   const archives: string[] = [];
   for (const target of targets) {
