@@ -3,8 +3,10 @@ import {
   chmodSync,
   chownSync,
   existsSync,
+  mkdtempSync,
   readFileSync,
   readdirSync,
+  rmSync,
   statSync,
   symlinkSync,
   writeFileSync,
@@ -37,6 +39,8 @@ const INSTALL_TOOLS = [
   "uname",
 ];
 
+/** Folder under test/.tmp for all files of this test, removed afterwards: each install is 116 MB. */
+let scratchDir: string;
 let releaseDir: string;
 let server: Server<undefined>;
 let baseUrl: string;
@@ -67,8 +71,16 @@ function serveRelease(port: number): Server<undefined> {
   });
 }
 
+/** Creates an empty folder inside scratchDir. */
+function makeScratchDir(prefix: string): string {
+  return mkdtempSync(join(scratchDir, `${prefix}-`));
+}
+
 beforeAll(async () => {
-  releaseDir = makeTempDir("release");
+  scratchDir = makeTempDir("release-e2e");
+  // The non-root install test runs as nobody, who must reach its home folder inside.
+  chmodSync(scratchDir, 0o755);
+  releaseDir = makeScratchDir("release");
   const script = join(ROOT, "scripts/release.ts");
   const build = await run([process.execPath, script, "--outDir", releaseDir], {
     timeoutMs: 120_000,
@@ -81,6 +93,7 @@ beforeAll(async () => {
 
 afterAll(() => {
   server?.stop(true);
+  if (scratchDir) rmSync(scratchDir, { recursive: true, force: true });
 });
 
 /** Runs `argv` in `cwd` with exactly `env` and returns its exit code and output. */
@@ -98,12 +111,12 @@ async function runIn(argv: string[], cwd: string, env: Record<string, string>) {
 
 /** Runs install.sh under dash with the PATH given and the other variables in `env`. */
 function runInstaller(env: Record<string, string>, path = process.env.PATH ?? "/usr/bin:/bin") {
-  return runIn([DASH, INSTALL_SH], makeTempDir("cwd"), { PATH: path, HOME: "/root", ...env });
+  return runIn([DASH, INSTALL_SH], makeScratchDir("cwd"), { PATH: path, HOME: "/root", ...env });
 }
 
 /** Creates a folder that links `tools` from the current PATH, for a PATH of only those. */
 function linkTools(tools: string[]): string {
-  const dir = makeTempDir("path");
+  const dir = makeScratchDir("path");
   for (const tool of tools) symlinkSync(Bun.which(tool)!, join(dir, tool));
   return dir;
 }
@@ -153,7 +166,7 @@ describe("npm run release", () => {
   });
 
   test("executable ignores .env and bunfig.toml in its folder", async () => {
-    const cwd = makeTempDir("stray");
+    const cwd = makeScratchDir("stray");
     writeFileSync(join(cwd, ".env"), "SSL_PROXY_DATA_DIR=\n");
     writeFileSync(join(cwd, "bunfig.toml"), 'preload = ["./preload.js"]\n');
     writeFileSync(join(cwd, "preload.js"), 'console.log("preloaded by bunfig.toml");\n');
@@ -176,8 +189,8 @@ describe("README install commands", () => {
     const moveLine = /^ {4}sudo (mv \S+) \/usr\/local\/bin\/ssl-proxy$/m.exec(readme);
     expect(wgetLine?.[2]).toBe(ARCHIVE);
     expect(moveLine).not.toBeNull();
-    const cwd = makeTempDir("readme");
-    const prefix = makeTempDir("prefix");
+    const cwd = makeScratchDir("readme");
+    const prefix = makeScratchDir("prefix");
     const download = wgetLine![1]!.replace(/https:\/\/\S+\//, `${baseUrl}/release/`);
 
     const extract = await runIn(["sh", "-c", download], cwd, { PATH: process.env.PATH! });
@@ -217,7 +230,7 @@ describe("install.sh", () => {
   ])("piped from %s, installs a working binary", async (downloader, absent) => {
     const tools = [...INSTALL_TOOLS, downloader, "dash"].filter((tool) => tool !== absent);
     const path = linkTools(tools);
-    const installDir = join(makeTempDir("install"), "bin");
+    const installDir = join(makeScratchDir("install"), "bin");
     const fetchScript =
       downloader === "curl"
         ? `curl -fsSL ${baseUrl}/install.sh`
@@ -227,7 +240,7 @@ describe("install.sh", () => {
       SSL_PROXY_INSTALL_DIR: installDir,
     };
 
-    const result = await runIn(["/bin/sh", "-c", `${fetchScript} | dash`], makeTempDir("cwd"), {
+    const result = await runIn(["/bin/sh", "-c", `${fetchScript} | dash`], makeScratchDir("cwd"), {
       PATH: path,
       HOME: "/root",
       ...env,
@@ -244,7 +257,7 @@ describe("install.sh", () => {
   });
 
   test("replaces an installed ssl-proxy", async () => {
-    const installDir = makeTempDir("install");
+    const installDir = makeScratchDir("install");
     writeFileSync(join(installDir, "ssl-proxy"), "#!/bin/sh\necho old\n", { mode: 0o755 });
 
     const result = await runInstaller({
@@ -259,7 +272,7 @@ describe("install.sh", () => {
   });
 
   test("installs into ~/.local/bin without root", async () => {
-    const home = makeTempDir("home");
+    const home = makeScratchDir("home");
     chmodSync(home, 0o755);
     chownSync(home, 65534, 65534);
     const setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
@@ -294,7 +307,7 @@ exit 7
     const repository = packageJson.repository.replace(/^github:/, "");
 
     const result = await runInstaller(
-      { SSL_PROXY_INSTALL_DIR: makeTempDir("install"), ...env },
+      { SSL_PROXY_INSTALL_DIR: makeScratchDir("install"), ...env },
       path,
     );
 
@@ -320,7 +333,7 @@ exit 7
   });
 
   test("rejects a checksum mismatch", async () => {
-    const installDir = makeTempDir("install");
+    const installDir = makeScratchDir("install");
 
     const result = await runInstaller({
       SSL_PROXY_DOWNLOAD_URL: `${baseUrl}/tampered`,
@@ -342,7 +355,7 @@ exit 7
     const path = linkTools(INSTALL_TOOLS.filter((tool) => tool !== "uname").concat("curl"));
     const uname = `#!/bin/sh\ncase "$1" in -s) echo ${os} ;; -m) echo ${arch} ;; esac\n`;
     writeFileSync(join(path, "uname"), uname, { mode: 0o755 });
-    const installDir = makeTempDir("install");
+    const installDir = makeScratchDir("install");
     const servedBefore = served.length;
 
     const result = await runInstaller(
@@ -360,7 +373,7 @@ exit 7
 
   test("fails on a refused connection", async () => {
     const closedPort = await findFreePort();
-    const installDir = join(makeTempDir("install"), "bin");
+    const installDir = join(makeScratchDir("install"), "bin");
     const url = `http://127.0.0.1:${closedPort}`;
 
     const result = await runInstaller({
@@ -375,7 +388,7 @@ exit 7
   });
 
   test("fails on a release that does not exist", async () => {
-    const installDir = makeTempDir("install");
+    const installDir = makeScratchDir("install");
     const url = `${baseUrl}/missing`;
 
     const result = await runInstaller({
