@@ -9,8 +9,8 @@
 #   SSL_PROXY_DOWNLOAD_URL  folder URL to fetch the archive and SHA256SUMS from (mirrors, tests)
 #   SSL_PROXY_INSTALL_DIR   folder to install into (default: /usr/local/bin as root, else ~/.local/bin)
 #
-# Written for POSIX sh, so it runs under dash. Every failure prints one line and exits 1 before
-# anything is written to the install folder.
+# Written for POSIX sh, so it runs under dash. Each failure it checks for prints one line, exits 1
+# and leaves no file in the install folder.
 set -eu
 
 # TODO(release): replace OWNER_TO_BE_DECIDED with the GitHub owner once it is chosen, here, in
@@ -90,7 +90,7 @@ verify_checksum() {
   [ -n "$expected" ] || fail "SHA256SUMS lists no checksum for $3, so it cannot be checked"
   actual=$($hash_tool "$1" | awk '{ print $1 }')
   if [ "$actual" != "$expected" ]; then
-    fail "checksum mismatch for $3: SHA256SUMS says $expected, the download has $actual (nothing was installed; try again or use another mirror)"
+    fail "checksum mismatch for $3: SHA256SUMS lists $expected but the download hashes to $actual (nothing was installed; try again or use another mirror)"
   fi
 }
 
