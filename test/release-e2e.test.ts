@@ -141,7 +141,7 @@ async function proxyThrough(binary: string) {
   }
 }
 
-describe("npm run release", () => {
+describe("scripts/release.ts", () => {
   test("archive holds only the executable", async () => {
     const listing = await run(["tar", "-tvzf", join(releaseDir, ARCHIVE)]);
 
@@ -323,6 +323,7 @@ exit 7
     const result = await runInstaller({
       SSL_PROXY_VERSION: "0.1.0;rm",
       SSL_PROXY_DOWNLOAD_URL: `${baseUrl}/release`,
+      SSL_PROXY_INSTALL_DIR: makeScratchDir("install"),
     });
 
     expect(result.stderr).toBe(
