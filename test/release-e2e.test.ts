@@ -158,8 +158,11 @@ describe("scripts/release.ts", () => {
     expect(check.stdout).toBe(`${ARCHIVE}: OK\n`);
   });
 
-  test("executable prints package.json's version", async () => {
-    const result = await run([join(releaseDir, EXECUTABLE), "-version"]);
+  test("executable prints the embedded version", async () => {
+    const cwd = makeScratchDir("version");
+    writeFileSync(join(cwd, "package.json"), '{ "name": "ssl-proxy", "version": "9.9.9" }\n');
+
+    const result = await runIn([join(releaseDir, EXECUTABLE), "-version"], cwd, {});
 
     expect(result.exitCode).toBe(0);
     expect(result.stdout).toBe(`${VERSION_LINE}\n`);
