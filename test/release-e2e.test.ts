@@ -78,7 +78,7 @@ function makeScratchDir(prefix: string): string {
 
 beforeAll(async () => {
   scratchDir = makeTempDir("release-e2e");
-  // The non-root install test runs as nobody, who must reach its home folder inside.
+  // The non-root install test runs as uid 65534 (nobody), which must reach its home folder here.
   chmodSync(scratchDir, 0o755);
   releaseDir = makeScratchDir("release");
   const script = join(ROOT, "scripts/release.ts");
@@ -142,7 +142,7 @@ async function proxyThrough(binary: string) {
 }
 
 describe("scripts/release.ts", () => {
-  test("archive holds only the executable", async () => {
+  test("archive contains only the executable", async () => {
     const listing = await run(["tar", "-tvzf", join(releaseDir, ARCHIVE)]);
 
     const lines = listing.stdout.trimEnd().split("\n");
