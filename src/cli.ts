@@ -1,5 +1,4 @@
 import { defineCommand, runCommand } from "citty";
-import packageJson from "../package.json" with { type: "json" };
 import {
   LETS_ENCRYPT_DIRECTORY,
   LETS_ENCRYPT_STAGING_DIRECTORY,
@@ -9,9 +8,7 @@ import {
 import { translateGoFlags, type FlagKinds } from "./flags.ts";
 import { createLogger } from "./log.ts";
 import { runProxy } from "./run.ts";
-
-/** The version from package.json, embedded when the binary is built. */
-export const VERSION: string = packageJson.version;
+import { VERSION } from "./version.ts";
 
 /** The command-line flags, each accepted as -flag value, -flag=value, --flag value and --flag=value. */
 export const FLAGS = {
