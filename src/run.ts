@@ -117,6 +117,36 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
     });
   }
   stopOnSignals([https, http], config.shutdownTimeoutMs, () => cancelRenewal(), log);
+  process.on("SIGHUP", () => void reloadCertificateFiles(config, https, log));
+}
+
+/**
+ * Reads -cert and -key again on SIGHUP and serves them to new connections; open connections
+ * keep theirs. A pair that cannot be used leaves the one being served in place.
+ */
+async function reloadCertificateFiles(
+  config: Readonly<ProxyConfig>,
+  https: HttpsListener,
+  log: ConsolaInstance,
+): Promise<void> {
+  const files = config.certificateFiles;
+  if (!files) {
+    log.info("SIGHUP received: nothing to reload, since -cert and -key are not used");
+    return;
+  }
+  let bundle: CertificateBundle;
+  try {
+    bundle = await loadCertificateFiles(files.certPath, files.keyPath);
+    await https.replaceCertificate(bundle);
+  } catch (error) {
+    const reason = error instanceof UserError ? error.message : String(error);
+    log.error(`SIGHUP received: still serving the previous certificate, because ${reason}`);
+    return;
+  }
+  log.info(
+    `SIGHUP received: reloaded ${bundle.certPath} for ${bundle.names.join(", ")}, valid until ${bundle.notAfter.toISOString().slice(0, 10)}`,
+  );
+  log.info(`SHA256 Fingerprint: ${bundle.fingerprint}`);
 }
 
 /**
