@@ -112,6 +112,12 @@ export const FLAGS = {
     description:
       "Largest request body accepted, such as 100MB or 1GiB; bigger uploads get 413, and 0 means no limit",
   },
+  hsts: {
+    type: "boolean",
+    default: false,
+    description:
+      "Send Strict-Transport-Security (one year) so that browsers use only HTTPS for this host; only with a certificate browsers trust",
+  },
   accessLog: {
     type: "boolean",
     default: false,

@@ -49,6 +49,8 @@ export interface ProxyConfig {
   shutdownTimeoutMs: number;
   /** ACME settings, used when -domain is given without -cert and -key. */
   acme: AcmeSettings;
+  /** Whether responses carry Strict-Transport-Security, from -hsts (default false). */
+  hsts: boolean;
   /** Whether each request is logged, from -accessLog (default false). */
   accessLog: boolean;
   /** Largest request body accepted in bytes, from -maxBodySize; 0 for no limit (the default). */
@@ -93,6 +95,7 @@ export interface FlagValues {
   staging: boolean;
   acmeCA?: string | undefined;
   accessLog?: boolean | undefined;
+  hsts?: boolean | undefined;
   upstreamCA?: string | undefined;
   upstreamInsecure?: boolean | undefined;
   maxBodySize?: string | undefined;
@@ -123,6 +126,7 @@ export function resolveConfig(
     shutdownTimeoutMs: parseDuration("shutdownTimeout", flags.shutdownTimeout),
     acme: resolveAcmeSettings(flags),
     accessLog: flags.accessLog ?? false,
+    hsts: flags.hsts ?? false,
     upstreamCAFile: flags.upstreamCA ? resolve(flags.upstreamCA) : undefined,
     verifyUpstream: !(flags.upstreamInsecure ?? false),
     maxBodyBytes: parseSize("maxBodySize", flags.maxBodySize ?? "0"),

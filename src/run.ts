@@ -87,6 +87,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
     upstreamSocket: config.upstream.socketPath,
     maxBodyBytes: config.maxBodyBytes,
     idleTimeoutSeconds: config.idleTimeoutSeconds,
+    hsts: config.hsts,
     log,
   }).catch(async (error: unknown) => {
     await http?.stop(0);
@@ -244,6 +245,7 @@ async function renewWithStandIn(
     upstreamSocket: config.upstream.socketPath,
     maxBodyBytes: config.maxBodyBytes,
     idleTimeoutSeconds: config.idleTimeoutSeconds,
+    hsts: config.hsts,
     log,
   };
   const standIn = await startStandInListener(listen, current, challenges, proxy, options);

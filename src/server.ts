@@ -8,6 +8,22 @@ import type { ProxyHandler } from "./proxy.ts";
 import type { UpstreamTls } from "./upstream.ts";
 import { proxyWebSocket, WEBSOCKET_HANDLERS, type WebSocketSession } from "./websocket.ts";
 
+/**
+ * The TLS 1.2 cipher suites offered: ECDHE key exchange with an AEAD cipher only, so no CBC and
+ * no static RSA. TLS 1.3 uses its own suites, all AEAD; TLS 1.0 and 1.1 are refused by Bun.
+ */
+export const TLS_CIPHERS = [
+  "ECDHE-ECDSA-AES128-GCM-SHA256",
+  "ECDHE-RSA-AES128-GCM-SHA256",
+  "ECDHE-ECDSA-AES256-GCM-SHA384",
+  "ECDHE-RSA-AES256-GCM-SHA384",
+  "ECDHE-ECDSA-CHACHA20-POLY1305",
+  "ECDHE-RSA-CHACHA20-POLY1305",
+].join(":");
+
+/** The Strict-Transport-Security value sent with -hsts: one year, this host only. */
+export const HSTS_VALUE = "max-age=31536000";
+
 /** A listener that can be stopped gracefully. */
 export interface Listener {
   /** The bound port (the real one when port 0 was asked for). */
@@ -44,6 +60,8 @@ export interface HttpsOptions {
   maxBodyBytes: number;
   /** Seconds without traffic after which a connection is closed; 0 for never. */
   idleTimeoutSeconds: number;
+  /** Whether responses carry Strict-Transport-Security, from -hsts. */
+  hsts: boolean;
   log: ConsolaInstance;
 }
 
@@ -63,6 +81,7 @@ export async function serveThroughProxy(
   connection: { address: string | undefined; localPort: number },
   options: {
     idleTimeoutSeconds: number;
+    hsts: boolean;
     upstreamTimeoutMs: number;
     upstreamTls: UpstreamTls;
     upstreamSocket: string | undefined;
@@ -75,6 +94,9 @@ export async function serveThroughProxy(
     ...connection,
     upgradeWebSocket: (url, headers) => proxyWebSocket(req, server, { url, headers, ...options }),
   });
+  if (res && options.hsts && !res.headers.has("strict-transport-security")) {
+    res.headers.set("strict-transport-security", HSTS_VALUE);
+  }
   const idle = options.idleTimeoutSeconds;
   if (
     res &&
@@ -105,7 +127,7 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
       // Clients that offer h2 through ALPN get HTTP/2 (marked experimental in Bun 1.4.5), the
       // others HTTP/1.1. Browsers open WebSockets over HTTP/1.1, which still upgrades.
       http2: true,
-      tls: { cert: bundle.cert, key: bundle.key },
+      tls: { cert: bundle.cert, key: bundle.key, ciphers: TLS_CIPHERS },
       // Development mode would send error pages with source lines and a stack trace.
       development: false,
       idleTimeout: options.idleTimeoutSeconds,

@@ -5,7 +5,7 @@ import type { CertificateBundle } from "./certs.ts";
 import { ACME_TLS_PROTOCOL, type ChallengeStore } from "./challenges.ts";
 import type { ConsolaInstance } from "consola";
 import type { ProxyHandler } from "./proxy.ts";
-import { serveThroughProxy } from "./server.ts";
+import { serveThroughProxy, TLS_CIPHERS } from "./server.ts";
 import { WEBSOCKET_HANDLERS } from "./websocket.ts";
 
 /**
@@ -42,10 +42,15 @@ export async function startStandInListener(
     },
   });
 
-  const served = createSecureContext({ cert: bundle.cert, key: bundle.key });
-  const server = createServer({
+  const tls = {
     cert: bundle.cert,
     key: bundle.key,
+    ciphers: TLS_CIPHERS,
+    minVersion: "TLSv1.2",
+  } as const;
+  const served = createSecureContext(tls);
+  const server = createServer({
+    ...tls,
     SNICallback: (name, callback) =>
       callback(null, store.tlsContexts.get(name.toLowerCase()) ?? served),
     ALPNCallback: ({ protocols }) =>

@@ -485,6 +485,7 @@ describe.each(PROXY_COMMANDS)("ssl-proxy ($name)", (command) => {
       "upstreamTimeout",
       "idleTimeout",
       "shutdownTimeout",
+      "hsts",
       "version",
       "h",
       "help",
