@@ -112,6 +112,12 @@ export const FLAGS = {
     description:
       "Largest request body accepted, such as 100MB or 1GiB; bigger uploads get 413, and 0 means no limit",
   },
+  user: {
+    type: "string",
+    valueHint: "name",
+    description:
+      "When started as root: the user to serve as once the ports are bound (default $SUDO_USER); root stays root, with a warning",
+  },
   hsts: {
     type: "boolean",
     default: false,

@@ -38,6 +38,13 @@ export interface ProxyConfig {
   httpListen: ListenAddress;
   /** Folder for generated keys and certificates, from -dataDir, SSL_PROXY_DATA_DIR or ~/.ssl-proxy. */
   dataDir: string;
+  /** Whether dataDir came from -dataDir or SSL_PROXY_DATA_DIR rather than the default. */
+  dataDirGiven: boolean;
+  /**
+   * The user to serve as when started as root, from -user or else SUDO_USER; undefined when
+   * neither is set.
+   */
+  serveAs: { name: string; from: "-user" | "SUDO_USER" } | undefined;
   /** Maximum wait for the backend's response headers in ms, from -upstreamTimeout (default 60s); 0 for none. */
   upstreamTimeoutMs: number;
   /**
@@ -99,6 +106,7 @@ export interface FlagValues {
   upstreamCA?: string | undefined;
   upstreamInsecure?: boolean | undefined;
   maxBodySize?: string | undefined;
+  user?: string | undefined;
 }
 
 /** A message for the log, produced while resolving, such as the assumed http:// scheme. */
@@ -121,6 +129,8 @@ export function resolveConfig(
     redirectHTTP: flags.redirectHTTP,
     httpListen: parseListenAddress("httpFrom", flags.httpFrom),
     dataDir: resolveDataDir(flags.dataDir, env),
+    dataDirGiven: flags.dataDir !== undefined || env.SSL_PROXY_DATA_DIR !== undefined,
+    serveAs: resolveServeAs(flags.user, env),
     upstreamTimeoutMs: parseDuration("upstreamTimeout", flags.upstreamTimeout),
     idleTimeoutSeconds: parseIdleTimeout(flags.idleTimeout ?? "120s"),
     shutdownTimeoutMs: parseDuration("shutdownTimeout", flags.shutdownTimeout),
@@ -134,6 +144,19 @@ export function resolveConfig(
   if (flags.upstreamCA === "")
     throw usageError(`-upstreamCA must name a PEM file of CA certificates`);
   return Object.freeze(config);
+}
+
+function resolveServeAs(
+  flag: string | undefined,
+  env: Record<string, string | undefined>,
+): ProxyConfig["serveAs"] {
+  if (flag !== undefined) {
+    if (!/^[a-z_][a-z0-9_.-]*\$?$/i.test(flag)) {
+      throw usageError(`-user must be a user name such as www-data, got "${flag}"`);
+    }
+    return { name: flag, from: "-user" };
+  }
+  return env.SUDO_USER ? { name: env.SUDO_USER, from: "SUDO_USER" } : undefined;
 }
 
 function resolveAcmeSettings(flags: FlagValues): AcmeSettings {

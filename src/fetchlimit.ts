@@ -15,12 +15,16 @@ const FETCH_LIMIT = "65535";
 export function raiseFetchLimit(): void {
   const env = process.env;
   if (typeof Bun === "undefined" || env[FETCH_LIMIT_VARIABLE] !== undefined) return;
-  // In a compiled executable argv[1] is the embedded entry point, which Bun adds by itself.
-  const [first = process.execPath, entry = "", ...args] = process.argv;
-  const argv = entry.startsWith("/$bunfs/") ? [first, ...args] : [first, entry, ...args];
   try {
-    process.execve!(process.execPath, argv, { ...env, [FETCH_LIMIT_VARIABLE]: FETCH_LIMIT });
+    process.execve!(process.execPath, ownArgv(), { ...env, [FETCH_LIMIT_VARIABLE]: FETCH_LIMIT });
   } catch {
     // Without execve (a locked-down system), ssl-proxy runs with Bun's default limit.
   }
+}
+
+/** The argument vector that starts this program again with the same arguments, for execve. */
+export function ownArgv(): string[] {
+  // In a compiled executable argv[1] is the embedded entry point, which Bun adds by itself.
+  const [first = process.execPath, entry = "", ...args] = process.argv;
+  return entry.startsWith("/$bunfs/") ? [first, ...args] : [first, entry, ...args];
 }

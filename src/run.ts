@@ -26,6 +26,7 @@ import { describeUpstream, type ProxyConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
 import { withAccessLog } from "./accesslog.ts";
 import { createProxyHandler, type ProxyHandler } from "./proxy.ts";
+import { leaveRoot } from "./privileges.ts";
 import { createRedirectHandler } from "./redirect.ts";
 import { scheduleRenewal, renewalTime } from "./renewal.ts";
 import {
@@ -45,6 +46,8 @@ import { mkdir } from "node:fs/promises";
  * certificates in the background, and stops cleanly on SIGINT or SIGTERM.
  */
 export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstance): Promise<void> {
+  // Started as root, this starts ssl-proxy again as the service user before anything is bound.
+  const rootWarning = await leaveRoot(config);
   const usesAcme = config.domains.length > 0 && !config.certificateFiles;
   // Files are checked before any port is bound: the certificate files, or the -acmeCA file.
   const localCertificate = usesAcme ? undefined : await obtainLocalCertificate(config);
@@ -96,6 +99,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
   httpsPort = https.port;
 
   logCertificate(certificate, config, usesAcme, log);
+  if (rootWarning) log.warn(rootWarning);
   log.info(`https://${formatHostPort(config.listen.host, https.port)} -> ${upstreamName}`);
   if (http) {
     const target = config.redirectHTTP

@@ -6,6 +6,7 @@ import type { Server, Subprocess } from "bun";
 import packageJson from "../package.json" with { type: "json" };
 import {
   PROXY_COMMANDS,
+  asTestUser,
   findFreePort,
   makeTempDir,
   run,
@@ -115,15 +116,17 @@ interface ListeningProxy {
 }
 
 /**
- * Starts ssl-proxy with exactly `args` and waits for its HTTPS start-up line. Unlike startProxy,
- * it adds no -from or -dataDir and does not wait for a redirect line.
+ * Starts ssl-proxy with `args` (and -user root when tests run as root) and waits for its HTTPS
+ * start-up line. Unlike startProxy, it adds no -from or -dataDir and does not wait for a
+ * redirect line.
  */
 async function spawnUntilListening(
   command: { argv: string[] },
   args: string[],
   env: Record<string, string>,
 ): Promise<ListeningProxy> {
-  const proc: Subprocess<"ignore", "pipe", "pipe"> = Bun.spawn([...command.argv, ...args], {
+  const argv = [...command.argv, ...asTestUser(args, env)];
+  const proc: Subprocess<"ignore", "pipe", "pipe"> = Bun.spawn(argv, {
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",

@@ -300,6 +300,23 @@ describe("parseIdleTimeout", () => {
 });
 
 describe("resolveConfig", () => {
+  test.each([
+    [{}, {}, undefined],
+    [{}, { SUDO_USER: "alice" }, { name: "alice", from: "SUDO_USER" as const }],
+    [{ user: "www-data" }, { SUDO_USER: "alice" }, { name: "www-data", from: "-user" as const }],
+    [{ user: "root" }, {}, { name: "root", from: "-user" as const }],
+  ])("serves as -user, else SUDO_USER: %p %p", (flags, env, serveAs) => {
+    const config = resolveConfig({ ...DEFAULT_FLAGS, ...flags }, env);
+
+    expect(config.serveAs).toEqual(serveAs);
+  });
+
+  test.each(["", "bob smith", "-x"])("rejects -user %p", (user) => {
+    const error = catchError(() => resolveConfig({ ...DEFAULT_FLAGS, user }, {}));
+
+    expectUsageError(error, ["-user", `"${user}"`]);
+  });
+
   test("applies the documented defaults", () => {
     const config = resolveConfig(DEFAULT_FLAGS, {});
 
@@ -311,6 +328,8 @@ describe("resolveConfig", () => {
       redirectHTTP: false,
       httpListen: { host: "0.0.0.0", port: 80 },
       dataDir: join(homedir(), ".ssl-proxy"),
+      dataDirGiven: false,
+      serveAs: undefined,
       upstreamTimeoutMs: 60_000,
       idleTimeoutSeconds: 120,
       shutdownTimeoutMs: 10_000,
@@ -380,6 +399,7 @@ describe("resolveConfig", () => {
       accessLog: true,
       upstreamCA: "backend-ca.pem",
       upstreamInsecure: true,
+      user: "www-data",
       maxBodySize: "10MB",
     };
 
@@ -393,6 +413,8 @@ describe("resolveConfig", () => {
       redirectHTTP: true,
       httpListen: { host: "127.0.0.1", port: 8080 },
       dataDir: "/srv/ssl-proxy",
+      dataDirGiven: true,
+      serveAs: { name: "www-data", from: "-user" },
       upstreamTimeoutMs: 5000,
       idleTimeoutSeconds: 30,
       shutdownTimeoutMs: 60_000,

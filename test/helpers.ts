@@ -20,13 +20,22 @@ export function makeTempDir(prefix = "t"): string {
   return mkdtempSync(join(base, `${prefix}-`));
 }
 
+/**
+ * Returns `args` for a test run as root: ssl-proxy leaves root unless told otherwise, so
+ * `-user root` comes first, unless the test names a user itself.
+ */
+export function asTestUser(args: string[], env: Record<string, string> = {}): string[] {
+  const namesUser = args.some((arg) => /^--?user\b/.test(arg)) || env.SUDO_USER !== undefined;
+  return process.getuid?.() === 0 && !namesUser ? ["-user", "root", ...args] : args;
+}
+
 /** Spawns ssl-proxy with piped output, a minimal environment and, by default, an empty cwd. */
 function spawnProxy(
   command: { argv: string[] },
   args: string[],
   options: { env?: Record<string, string>; cwd?: string },
 ) {
-  return Bun.spawn([...command.argv, ...args], {
+  return Bun.spawn([...command.argv, ...asTestUser(args, options.env)], {
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",

@@ -199,6 +199,8 @@ describe.each(PROXY_COMMANDS)("listeners ($name)", (command) => {
 
   test("explains a privileged port without root", async () => {
     const args = [
+      "-user",
+      "nobody",
       "-from",
       "127.0.0.1:443",
       "-to",
