@@ -337,7 +337,7 @@ export function parseSize(flag: string, value: string): number {
   return Math.round(Number(match[1]) * unit);
 }
 
-/** The longest idle timeout that Bun.serve accepts, in seconds. */
+/** The maximum idle timeout that Bun.serve accepts, in seconds. */
 const MAX_IDLE_TIMEOUT_SECONDS = 255;
 
 /** Parses -idleTimeout into whole seconds, rounding up, as Bun.serve's idle timer counts. */

@@ -5,7 +5,7 @@
  * itself with the same arguments.
  */
 const FETCH_LIMIT_VARIABLE = "BUN_CONFIG_MAX_HTTP_REQUESTS";
-/** The most that Bun accepts; each request in flight also holds a client connection. */
+/** The maximum that Bun accepts; each request in flight also uses a client connection. */
 const FETCH_LIMIT = "65535";
 
 /**
@@ -22,7 +22,7 @@ export function raiseFetchLimit(): void {
   }
 }
 
-/** The argument vector that starts this program again with the same arguments, for execve. */
+/** Builds the argument vector that starts this program again with the same arguments, for execve. */
 export function ownArgv(): string[] {
   // In a compiled executable argv[1] is the embedded entry point, which Bun adds by itself.
   const [first = process.execPath, entry = "", ...args] = process.argv;

@@ -89,9 +89,9 @@ export async function leaveRoot(config: Readonly<ProxyConfig>): Promise<string |
 }
 
 /**
- * Gives the data folder to `account`: a new folder is made for it (0700); ssl-proxy's default
- * folder is handed over whole, as an earlier run as root may have filled it. A folder the user
- * named must already be writable by the account, since it may hold other files.
+ * Gives the data folder to `account`. A new folder is made for it with mode 0700. ssl-proxy's
+ * default folder is handed over whole, because an earlier run as root may have filled it. A
+ * folder the user named must already be writable by the account, since it may contain other files.
  */
 async function prepareDataDir(folder: string, account: Account, ownDefault: boolean) {
   const existing = await lstat(folder).catch(() => undefined);

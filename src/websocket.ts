@@ -129,7 +129,7 @@ export const WEBSOCKET_HANDLERS: WebSocketHandler<WebSocketSession> = {
     session.client = client;
     for (const data of session.pending.splice(0)) relayToClient(client, data);
     session.upstream.onclose = (event) => client.close(sendableCloseCode(event.code), event.reason);
-    // Each side has already answered the ping with a pong; the ping itself goes on as well.
+    // Each side has already replied to the ping with a pong; the ping itself is relayed as well.
     session.upstream.addEventListener("ping", (event) => client.ping(event.data));
     session.upstream.onerror = () => client.close(1011, "backend connection failed");
   },

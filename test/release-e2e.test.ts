@@ -14,7 +14,14 @@ import {
 import { join, resolve } from "node:path";
 import type { Server } from "bun";
 import packageJson from "../package.json" with { type: "json" };
-import { findFreePort, makeTempDir, run, startProxy, startRawBackend } from "./helpers.ts";
+import {
+  asTestUser,
+  findFreePort,
+  makeTempDir,
+  run,
+  startProxy,
+  startRawBackend,
+} from "./helpers.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const INSTALL_SH = join(ROOT, "install.sh");
@@ -174,7 +181,7 @@ describe("scripts/release.ts", () => {
     writeFileSync(join(cwd, "bunfig.toml"), 'preload = ["./preload.js"]\n');
     writeFileSync(join(cwd, "preload.js"), 'console.log("preloaded by bunfig.toml");\n');
     const missing = join(cwd, "missing.pem");
-    const argv = [join(releaseDir, EXECUTABLE), "-cert", missing, "-key", missing];
+    const argv = [join(releaseDir, EXECUTABLE), ...asTestUser(["-cert", missing, "-key", missing])];
 
     const result = await runIn(argv, cwd, { HOME: cwd });
 
