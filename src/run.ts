@@ -29,14 +29,15 @@ import { createProxyHandler, type ProxyHandler } from "./proxy.ts";
 import { createRedirectHandler } from "./redirect.ts";
 import { scheduleRenewal, renewalTime } from "./renewal.ts";
 import {
+  checkRuntimeSupport,
+  createUpstreamClient,
   startHttpListener,
   startHttpsListener,
-  type HttpsListener,
-  type Listener,
-} from "./server.ts";
+} from "./runtime.ts";
+import type { HttpsListener, Listener } from "./server.ts";
 import { startStandInListener } from "./standin.ts";
 import { loadStoredCertificate, resolveAcmeStore, type StoredCertificate } from "./store.ts";
-import { createUpstreamClient, type UpstreamTls } from "./upstream.ts";
+import type { UpstreamTls } from "./upstream.ts";
 import { mkdir } from "node:fs/promises";
 
 /**
@@ -45,6 +46,7 @@ import { mkdir } from "node:fs/promises";
  * certificates in the background, and stops cleanly on SIGINT or SIGTERM.
  */
 export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstance): Promise<void> {
+  checkRuntimeSupport(config);
   const usesAcme = config.domains.length > 0 && !config.certificateFiles;
   // Files are checked before any port is bound: the certificate files, or the -acmeCA file.
   const localCertificate = usesAcme ? undefined : await obtainLocalCertificate(config);
