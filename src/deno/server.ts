@@ -49,7 +49,7 @@ export async function startDenoHttpsListener(options: HttpsOptions): Promise<Htt
   });
 
   const unsupported = () => {
-    // ACME is rejected at start under Deno, so nothing asks for a new certificate.
+    // ACME is rejected at start under Deno, so no caller replaces the certificate.
     throw new Error("replacing the certificate is not implemented under Deno");
   };
   return {
@@ -65,10 +65,10 @@ export async function startDenoHttpsListener(options: HttpsOptions): Promise<Htt
  * Returns `req` with a Host header. An HTTP/2 request has none in Deno.serve, which keeps the
  * :authority pseudo-header only in `req.url`, so the Host is taken from there.
  */
-// NOTE: Deno.serve fills in "localhost:<port>" as the URL of an HTTP/1.x request without Host,
-// so such a request reaches the backend with that Host where Bun.serve's gets 400.
 function withHostHeader(req: Request): Request {
   if (req.headers.has("host")) return req;
+  // NOTE: Deno.serve fills in "localhost:<port>" as the URL of an HTTP/1.x request without
+  // Host, so such a request reaches the backend with that Host where Bun.serve's gets 400.
   const headers = new Headers(req.headers);
   headers.set("host", new URL(req.url).host);
   return new Request(req, { headers });

@@ -14,7 +14,8 @@ export function createDenoHttpClient(settings: UpstreamTls): DenoHttpClient {
 }
 
 /**
- * Creates the client that talks to the backend under Deno: fetch through one Deno HttpClient.
+ * Creates the client that sends requests to the backend under Deno: fetch through one Deno
+ * HttpClient.
  *
  * Deno's fetch has no switch to keep a compressed body. In Deno 2.9.6 it decodes gzip and br
  * bodies but keeps Content-Encoding and the old Content-Length, unless the request's
@@ -41,7 +42,7 @@ export function createDenoUpstreamClient(settings: UpstreamTls): UpstreamClient 
   };
 }
 
-/** Deno 2.9.6 fetch failure messages and the Node error codes that describeConnectError knows. */
+/** Deno 2.9.6 fetch failure messages and the Node error codes that describeConnectError recognizes. */
 const CONNECT_ERROR_CODES: [RegExp, string][] = [
   [/Connection refused/i, "ECONNREFUSED"],
   [/dns error/i, "ENOTFOUND"],
