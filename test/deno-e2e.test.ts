@@ -281,6 +281,19 @@ describe("ssl-proxy under Deno in front of Bun.serve", () => {
     expect(result.stdout.endsWith(`\r\n\r\n${GZIP_TEXT}`)).toBe(true);
   });
 
+  test("answers keep-alive requests without delay", async () => {
+    const url = `https://127.0.0.1:${proxy.port}/negotiated`;
+    const urls = Array.from({ length: 10 }, () => url);
+
+    const started = performance.now();
+    const result = await curl("--http1.1", ...urls);
+    const elapsedMs = performance.now() - started;
+
+    expect(result.stdout).toBe(GZIP_TEXT.repeat(10));
+    // Ten responses that each waited about 40 ms would take over 400 ms.
+    expect(elapsedMs).toBeLessThan(300);
+  });
+
   test("forwards a 3 MB upload intact", async () => {
     const body = "x".repeat(3 * 1024 * 1024);
     const url = `https://127.0.0.1:${proxy.port}/upload`;

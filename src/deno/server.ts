@@ -45,7 +45,8 @@ export async function startDenoHttpsListener(options: HttpsOptions): Promise<Htt
         }),
     });
     if (limited.exceeded()) return tooLargeResponse();
-    return res ?? new Response("Internal Server Error\n", { status: 500 });
+    if (!res) return new Response("Internal Server Error\n", { status: 500 });
+    return withoutStreamedLength(res);
   });
 
   const unsupported = () => {
@@ -72,6 +73,17 @@ function withHostHeader(req: Request): Request {
   const headers = new Headers(req.headers);
   headers.set("host", new URL(req.url).host);
   return new Request(req, { headers });
+}
+
+/**
+ * Drops the Content-Length of a streamed response, which then goes out chunked, as Bun.serve
+ * sends every streamed body. Deno.serve 2.9.6 sends the body of a streamed response with a
+ * Content-Length about 40 ms late over TLS with HTTP/1.1: one curl request on loopback took
+ * 44 ms with the header and 4 ms without it.
+ */
+function withoutStreamedLength(res: Response): Response {
+  if (res.body !== null) res.headers.delete("content-length");
+  return res;
 }
 
 /** Binds a plain-HTTP listener under Deno (Deno.serve without TLS) that serves `handler`. */
