@@ -71,7 +71,9 @@ function relayMessages(
   pending: (string | ArrayBuffer)[],
 ): void {
   client.binaryType = "arraybuffer";
-  // Deno's send() queues without a limit, so a reader that falls behind closes the session.
+  // Deno's send() returns nothing, so the queue is checked through bufferedAmount: a reader
+  // with more than MAX_BUFFERED_BYTES waiting closes the session.
+  // NOTE: no test has a reader that falls that far behind, under Deno or under Bun.
   const send = (to: WebSocket, data: string | ArrayBuffer, reader: string) => {
     to.send(data);
     if (to.bufferedAmount <= MAX_BUFFERED_BYTES) return;
