@@ -1,4 +1,12 @@
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import {
+  afterAll,
+  afterEach,
+  beforeAll,
+  describe,
+  expect,
+  setDefaultTimeout,
+  test,
+} from "bun:test";
 import { gzipSync } from "node:zlib";
 import {
   DENO_COMMAND,
@@ -34,9 +42,23 @@ async function fetchServedLeaf(port: number): Promise<string> {
   return leaf;
 }
 
+/** Stops what one test started, even when the test failed before stopping it itself. */
+const cleanups: (() => unknown)[] = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
 /** Starts ssl-proxy under Deno on free loopback ports, with a fresh data folder. */
 async function startDenoProxy(args: string[]): Promise<ProxyProcess> {
   return startProxy(DENO_COMMAND, ["-from", `127.0.0.1:${await findFreePort()}`, ...args]);
+}
+
+/** Starts ssl-proxy under Deno for the current test and stops it after the test. */
+async function launchDenoProxy(args: string[]): Promise<ProxyProcess> {
+  const proxy = await startDenoProxy(args);
+  cleanups.push(() => proxy.stop());
+  return proxy;
 }
 
 /**
@@ -337,7 +359,8 @@ describe("ssl-proxy under Deno with its own certificate", () => {
 
   test("serves the -cert chain", async () => {
     const backend = await startRawBackend();
-    const proxy = await startDenoProxy([
+    cleanups.push(() => backend.close());
+    const proxy = await launchDenoProxy([
       ...["-to", `127.0.0.1:${backend.port}`, "-cert", fixtures.chain, "-key", fixtures.leafKey],
     ]);
     const resolve = `localhost:${proxy.port}:127.0.0.1`;
@@ -348,7 +371,6 @@ describe("ssl-proxy under Deno with its own certificate", () => {
     ]);
     const printed = PRINTED_FINGERPRINT.exec(proxy.stdout())?.[1];
     await proxy.stop();
-    backend.close();
 
     expect(result.stdout).toBe("ok");
     expect(printed).toBe(await opensslFingerprint(await Bun.file(fixtures.leaf).text()));
@@ -386,7 +408,7 @@ describe("ssl-proxy under Deno in front of an https:// backend", () => {
   afterAll(() => backend?.stop(true));
 
   test("rejects an untrusted backend certificate", async () => {
-    const proxy = await startDenoProxy(["-to", `https://127.0.0.1:${backend.port}`]);
+    const proxy = await launchDenoProxy(["-to", `https://127.0.0.1:${backend.port}`]);
 
     const result = await curl("-w", "\n%{http_code}", `https://127.0.0.1:${proxy.port}/`);
     await proxy.stop();
@@ -397,7 +419,7 @@ describe("ssl-proxy under Deno in front of an https:// backend", () => {
 
   test("trusts the -upstreamCA roots for fetch and WebSocket", async () => {
     const to = `https://127.0.0.1:${backend.port}`;
-    const proxy = await startDenoProxy(["-to", to, "-upstreamCA", fixtures.root]);
+    const proxy = await launchDenoProxy(["-to", to, "-upstreamCA", fixtures.root]);
 
     const result = await curl(`https://127.0.0.1:${proxy.port}/`);
     const { ws, messages } = await openWebSocket(proxy.port, []);
@@ -413,7 +435,7 @@ describe("ssl-proxy under Deno in front of an https:// backend", () => {
 
 describe("ssl-proxy under Deno with a failing backend or body", () => {
   test("answers 502 when the backend is down", async () => {
-    const proxy = await startDenoProxy(["-to", `127.0.0.1:${await findFreePort()}`]);
+    const proxy = await launchDenoProxy(["-to", `127.0.0.1:${await findFreePort()}`]);
 
     const result = await curl(
       "-o",
@@ -431,14 +453,14 @@ describe("ssl-proxy under Deno with a failing backend or body", () => {
 
   test("answers 504 past -upstreamTimeout", async () => {
     const flask = await startFlask();
-    const proxy = await startDenoProxy(["-to", flask.url, "-upstreamTimeout", "500ms"]);
+    cleanups.push(() => flask.stop());
+    const proxy = await launchDenoProxy(["-to", flask.url, "-upstreamTimeout", "500ms"]);
     const url = `https://127.0.0.1:${proxy.port}/slow/3.0`;
 
     const started = performance.now();
     const result = await curl("-o", "/dev/null", "-w", "%{http_code}", url);
     const elapsedMs = performance.now() - started;
     await proxy.stop();
-    flask.stop();
 
     expect(result.stdout).toBe("504");
     expect(elapsedMs).toBeLessThan(2500);
@@ -449,7 +471,8 @@ describe("ssl-proxy under Deno with a failing backend or body", () => {
   // the time, as under Bun, so the uploads go over HTTP/1.1 with Expect: 100-continue.
   test("answers 413 past -maxBodySize", async () => {
     const backend = startBunBackend();
-    const proxy = await startDenoProxy(["-to", backend.url, "-maxBodySize", "1KB"]);
+    cleanups.push(() => backend.stop());
+    const proxy = await launchDenoProxy(["-to", backend.url, "-maxBodySize", "1KB"]);
     const url = `https://127.0.0.1:${proxy.port}/upload`;
     const upload = (headers: string[], size: number) =>
       curl(
@@ -468,7 +491,6 @@ describe("ssl-proxy under Deno with a failing backend or body", () => {
     const declared = await upload([], 5000);
     const chunked = await upload(["-H", "Transfer-Encoding: chunked"], 5000);
     await proxy.stop();
-    await backend.stop();
 
     expect(small.stdout).toBe("received 1000\n200");
     expect(declared.stdout).toBe("Payload Too Large\n\n413");
