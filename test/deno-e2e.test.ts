@@ -376,6 +376,20 @@ describe("ssl-proxy under Deno with its own certificate", () => {
     expect(printed).toBe(await opensslFingerprint(await Bun.file(fixtures.leaf).text()));
   });
 
+  test("redirects HTTP to the -domain name", async () => {
+    const files = ["-cert", fixtures.chain, "-key", fixtures.leafKey];
+    const httpFrom = `127.0.0.1:${await findFreePort()}`;
+    const redirect = ["-domain", "app.example.test", "-redirectHTTP", "-httpFrom", httpFrom];
+    const proxy = await launchDenoProxy(["-to", "127.0.0.1:9", ...files, ...redirect]);
+
+    const result = await curl("-D", "-", "-o", "/dev/null", `http://${httpFrom}/login?next=%2F`);
+
+    expect(result.stdout).toStartWith("HTTP/1.1 301");
+    expect(result.stdout).toContain(
+      `location: https://app.example.test:${proxy.port}/login?next=%2F\r\n`,
+    );
+  });
+
   test("rejects a -key of another certificate", async () => {
     const args = ["-cert", fixtures.chain, "-key", fixtures.otherKey, "-to", "127.0.0.1:9"];
 
