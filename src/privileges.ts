@@ -53,6 +53,11 @@ export async function leaveRoot(config: Readonly<ProxyConfig>): Promise<string |
   if (account.uid === 0) {
     return `serving as root (${wanted.from} ${wanted.name}): a fault in ssl-proxy would give an attacker root; prefer -user NAME`;
   }
+  if (typeof Bun === "undefined") {
+    throw usageError(
+      `serving as ${account.name} after starting as root needs the Bun runtime: run ssl-proxy as ${account.name}, or give -user root`,
+    );
+  }
   const setpriv = Bun.which("setpriv");
   if (!setpriv) {
     throw new UserError(

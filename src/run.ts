@@ -30,14 +30,15 @@ import { leaveRoot } from "./privileges.ts";
 import { createRedirectHandler } from "./redirect.ts";
 import { scheduleRenewal, renewalTime } from "./renewal.ts";
 import {
+  checkRuntimeSupport,
+  createUpstreamClient,
   startHttpListener,
   startHttpsListener,
-  type HttpsListener,
-  type Listener,
-} from "./server.ts";
+} from "./runtime.ts";
+import type { HttpsListener, Listener } from "./server.ts";
 import { startStandInListener } from "./standin.ts";
 import { loadStoredCertificate, resolveAcmeStore, type StoredCertificate } from "./store.ts";
-import { createUpstreamClient, type UpstreamTls } from "./upstream.ts";
+import type { UpstreamTls } from "./upstream.ts";
 import { mkdir } from "node:fs/promises";
 
 /**
@@ -46,6 +47,7 @@ import { mkdir } from "node:fs/promises";
  * certificates in the background, and stops cleanly on SIGINT or SIGTERM.
  */
 export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstance): Promise<void> {
+  checkRuntimeSupport(config);
   // Started as root, this starts ssl-proxy again as the service user before anything is bound.
   const rootWarning = await leaveRoot(config);
   const usesAcme = config.domains.length > 0 && !config.certificateFiles;

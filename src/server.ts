@@ -24,6 +24,13 @@ export const TLS_CIPHERS = [
 /** The Strict-Transport-Security value sent with -hsts: one year, this host only. */
 export const HSTS_VALUE = "max-age=31536000";
 
+/** Adds Strict-Transport-Security to `res` for -hsts, unless the backend sent its own. */
+export function addStrictTransportSecurity(res: Response): void {
+  if (!res.headers.has("strict-transport-security")) {
+    res.headers.set("strict-transport-security", HSTS_VALUE);
+  }
+}
+
 /** A listener that can be stopped gracefully. */
 export interface Listener {
   /** The bound port (the real one when port 0 was asked for). */
@@ -94,9 +101,7 @@ export async function serveThroughProxy(
     ...connection,
     upgradeWebSocket: (url, headers) => proxyWebSocket(req, server, { url, headers, ...options }),
   });
-  if (res && options.hsts && !res.headers.has("strict-transport-security")) {
-    res.headers.set("strict-transport-security", HSTS_VALUE);
-  }
+  if (res && options.hsts) addStrictTransportSecurity(res);
   const idle = options.idleTimeoutSeconds;
   if (
     res &&

@@ -22,9 +22,9 @@ const OWN_HANDSHAKE_HEADERS = new Set([
 ]);
 
 /** Past this many bytes queued for a slow reader, the session is closed instead of growing. */
-const MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+export const MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
 /** RFC 6455 section 7.4.1: 1013 "Try Again Later", used when a reader is too slow. */
-const CLOSE_TRY_AGAIN_LATER = 1013;
+export const CLOSE_TRY_AGAIN_LATER = 1013;
 
 /**
  * Opens a WebSocket to the backend with the client's subprotocols and end-to-end headers,
@@ -44,17 +44,9 @@ export async function proxyWebSocket(
   },
 ): Promise<Response | undefined> {
   const { url, headers, log } = target;
-  const protocols = (req.headers.get("sec-websocket-protocol") ?? "")
-    .split(",")
-    .map((protocol) => protocol.trim())
-    .filter((protocol) => protocol !== "");
-  const forwarded: Record<string, string> = {};
-  headers.forEach((value, name) => {
-    if (!OWN_HANDSHAKE_HEADERS.has(name)) forwarded[name] = value;
-  });
   const upstream = new WebSocket(webSocketURL(url, target.upstreamSocket), {
-    protocols,
-    headers: forwarded,
+    protocols: offeredProtocols(req),
+    headers: handshakeHeaders(headers),
     tls: upstreamTlsOptions(target.upstreamTls),
   });
   upstream.binaryType = "arraybuffer";
@@ -87,7 +79,28 @@ function webSocketURL(url: string, socketPath: string | undefined): string {
   return `ws+unix://${socketPath}:${target}`;
 }
 
-function waitForOpen(upstream: WebSocket, timeoutMs: number): Promise<string | undefined> {
+/** Returns the subprotocols the client offered in Sec-WebSocket-Protocol, in its order. */
+export function offeredProtocols(req: Request): string[] {
+  return (req.headers.get("sec-websocket-protocol") ?? "")
+    .split(",")
+    .map((protocol) => protocol.trim())
+    .filter((protocol) => protocol !== "");
+}
+
+/** Returns the headers to send on the backend handshake: all of `headers` but the client's own. */
+export function handshakeHeaders(headers: Headers): Record<string, string> {
+  const forwarded: Record<string, string> = {};
+  headers.forEach((value, name) => {
+    if (!OWN_HANDSHAKE_HEADERS.has(name)) forwarded[name] = value;
+  });
+  return forwarded;
+}
+
+/**
+ * Waits for the backend WebSocket to open. Resolves with undefined once it is open, or with the
+ * reason when it closes first or `timeoutMs` (0 for none) passes.
+ */
+export function waitForOpen(upstream: WebSocket, timeoutMs: number): Promise<string | undefined> {
   return new Promise((resolve) => {
     const timer = timeoutMs > 0 ? setTimeout(() => resolve("timed out"), timeoutMs) : undefined;
     upstream.onopen = () => {

@@ -2,6 +2,7 @@ import { mkdirSync, mkdtempSync } from "node:fs";
 import { createServer, type Socket } from "node:net";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
+import packageJson from "../package.json" with { type: "json" };
 
 const ROOT = resolve(import.meta.dir, "..");
 // SSL_PROXY_BINARY lets a test run use a binary built elsewhere, as in `bun scripts/build.ts PATH`.
@@ -12,6 +13,17 @@ export const PROXY_COMMANDS: { name: string; argv: string[] }[] = [
   { name: "source", argv: [process.execPath, join(ROOT, "src/index.ts")] },
   { name: "binary", argv: [BINARY] },
 ];
+
+/**
+ * ssl-proxy from source under Deno, with the same `deno run` flags as `npm run deno`. The
+ * script's relative paths (the Deno binary and src/index.ts) are resolved from the repository.
+ */
+export const DENO_COMMAND: { name: string; argv: string[] } = {
+  name: "deno",
+  argv: packageJson.scripts.deno
+    .split(" ")
+    .map((word) => (word.includes("/") ? join(ROOT, word) : word)),
+};
 
 /** Creates an empty folder under test/.tmp, which git ignores. */
 export function makeTempDir(prefix = "t"): string {
