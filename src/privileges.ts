@@ -1,4 +1,5 @@
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { chown, lstat, mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { ProxyConfig } from "./config.ts";
@@ -13,10 +14,17 @@ export interface Account {
   home: string;
 }
 
-/** Looks `name` up with getent, so that users from LDAP or other NSS sources count too. */
+/**
+ * Looks up `name` (or a numeric uid) in /etc/passwd, then through getent for users from LDAP or
+ * other NSS sources. Deno runs without permission to start getent, so there only the file counts.
+ */
 export function lookupAccount(name: string): Account | undefined {
-  const result = spawnSync("getent", ["passwd", name], { encoding: "utf8" });
-  const fields = result.status === 0 ? result.stdout.trim().split(":") : [];
+  const local = readFileSync("/etc/passwd", "utf8")
+    .split("\n")
+    .map((line) => line.split(":"))
+    .find((fields) => fields[0] === name || fields[2] === name);
+  const result = local ? undefined : spawnSync("getent", ["passwd", name], { encoding: "utf8" });
+  const fields = local ?? (result?.status === 0 ? result.stdout.trim().split(":") : []);
   if (fields.length < 7) return undefined;
   return { name: fields[0]!, uid: Number(fields[2]), gid: Number(fields[3]), home: fields[5]! };
 }
