@@ -187,11 +187,20 @@ export async function run(argv: string[], options: { stdin?: string; timeoutMs?:
 
 /** Returns a TCP port on 127.0.0.1 that was free a moment ago. */
 export async function findFreePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
-  const port = (server.address() as { port: number }).port;
-  await new Promise((done) => server.close(done));
-  return port;
+  // Ports from the kernel's ephemeral range (32768-60999 on Linux) can be taken at any moment
+  // by an outgoing connection, which then blocks a later bind, so free ports come from below it.
+  for (;;) {
+    const port = 10_000 + Math.floor(Math.random() * 22_000);
+    const server = createServer();
+    const bound = await new Promise<boolean>((done) => {
+      server.once("error", () => done(false));
+      server.listen({ port, host: "127.0.0.1", exclusive: true }, () => done(true));
+    });
+    if (bound) {
+      await new Promise((done) => server.close(done));
+      return port;
+    }
+  }
 }
 
 /** One request as a raw-socket backend received it. */
