@@ -1,7 +1,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { once } from "node:events";
-import { connect } from "node:tls";
-import { PROXY_COMMANDS, startProxy, startRawBackend, type ProxyProcess } from "./helpers.ts";
+import {
+  PROXY_COMMANDS,
+  openTls,
+  startProxy,
+  startRawBackend,
+  type ProxyProcess,
+} from "./helpers.ts";
 
 /** The backend's raw answers, by the last path segment of the request. */
 const ANSWERS: Record<string, string> = {
@@ -77,13 +82,7 @@ afterAll(() => backend.close());
  * closes a connection that pipelines behind an async handler), and returns all the proxy sent.
  */
 async function exchange(proxy: ProxyProcess, requests: [string, string][]): Promise<string> {
-  const socket = connect({
-    host: "127.0.0.1",
-    port: proxy.port,
-    rejectUnauthorized: false,
-    ALPNProtocols: ["http/1.1"],
-  });
-  await once(socket, "secureConnect");
+  const socket = await openTls(proxy.port);
   let received = "";
   let onData = () => {};
   socket.on("data", (chunk) => {

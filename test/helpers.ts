@@ -1,5 +1,7 @@
 import { mkdirSync, mkdtempSync } from "node:fs";
+import { once } from "node:events";
 import { createServer, type Socket } from "node:net";
+import { connect as connectTls, type TLSSocket } from "node:tls";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import packageJson from "../package.json" with { type: "json" };
@@ -183,6 +185,29 @@ export async function run(argv: string[], options: { stdin?: string; timeoutMs?:
   ]);
   clearTimeout(timer);
   return { exitCode, stdout, stderr };
+}
+
+/**
+ * Opens a TLS connection to 127.0.0.1:`port` without checking the certificate, offering only
+ * HTTP/1.1 by default, and resolves once the handshake is done.
+ */
+export async function openTls(port: number, alpn: string[] = ["http/1.1"]): Promise<TLSSocket> {
+  const socket = connectTls({
+    host: "127.0.0.1",
+    port,
+    rejectUnauthorized: false,
+    ALPNProtocols: alpn,
+  });
+  await once(socket, "secureConnect");
+  return socket;
+}
+
+/** Returns the SHA-256 fingerprint of the certificate served on a new connection to `port`. */
+export async function servedFingerprint(port: number): Promise<string> {
+  const socket = await openTls(port);
+  const fingerprint = socket.getPeerCertificate().fingerprint256;
+  socket.destroy();
+  return fingerprint;
 }
 
 /** Returns a TCP port on 127.0.0.1 that was free a moment ago. */

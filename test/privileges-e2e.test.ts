@@ -1,10 +1,15 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { once } from "node:events";
 import { chmodSync, chownSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect } from "node:tls";
 import { createSelfSignedCertificate } from "../src/certs.ts";
-import { PROXY_COMMANDS, makeTempDir, run, runToExit, startProxy } from "./helpers.ts";
+import {
+  PROXY_COMMANDS,
+  makeTempDir,
+  run,
+  runToExit,
+  servedFingerprint,
+  startProxy,
+} from "./helpers.ts";
 
 const NOBODY = 65534;
 /** CAP_NET_BIND_SERVICE is capability 10 (linux/capability.h). */
@@ -31,14 +36,6 @@ function processStatus(pid: number, field: string): string {
     .split("\n")
     .find((entry) => entry.startsWith(`${field}:`));
   return line!.slice(field.length + 1).trim();
-}
-
-async function servedFingerprint(port: number): Promise<string> {
-  const socket = connect({ host: "127.0.0.1", port, rejectUnauthorized: false });
-  await once(socket, "secureConnect");
-  const fingerprint = socket.getPeerCertificate().fingerprint256;
-  socket.destroy();
-  return fingerprint;
 }
 
 async function writePairFor(owner: number, files: { cert: string; key: string }) {

@@ -3,12 +3,13 @@ import { once } from "node:events";
 import { readFileSync, writeFileSync } from "node:fs";
 import { createServer, type Socket } from "node:net";
 import { join } from "node:path";
-import { connect as connectTls, type TLSSocket } from "node:tls";
+import type { TLSSocket } from "node:tls";
 import { gzipSync } from "node:zlib";
 import {
   PROXY_COMMANDS,
   findFreePort,
   makeTempDir,
+  openTls,
   run,
   startFlask,
   startProxy,
@@ -157,18 +158,6 @@ function headerArgs(lines: string[]): string[] {
 /** Returns the HTTPS URL of `target` (a path and query) on the proxy. */
 function proxyURL(proxy: ProxyProcess, target: string): string {
   return `https://127.0.0.1:${proxy.port}${target}`;
-}
-
-/** Opens a TLS connection to the proxy without checking its self-signed certificate. */
-async function openTls(port: number): Promise<TLSSocket> {
-  const socket = connectTls({
-    host: "127.0.0.1",
-    port,
-    rejectUnauthorized: false,
-    ALPNProtocols: ["http/1.1"],
-  });
-  await once(socket, "secureConnect");
-  return socket;
 }
 
 /** Collects everything the server sends on `socket` until it closes the connection. */

@@ -1,7 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { once } from "node:events";
-import { connect } from "node:tls";
-import { PROXY_COMMANDS, run, startProxy } from "./helpers.ts";
+import { PROXY_COMMANDS, openTls, run, startProxy } from "./helpers.ts";
 
 const encoder = new TextEncoder();
 
@@ -42,8 +41,7 @@ describe.concurrent("-idleTimeout", () => {
       });
       const proxy = await startProxy(command, ["-to", backend.url.href, "-idleTimeout", "2s"]);
       try {
-        const socket = connect({ host: "127.0.0.1", port: proxy.port, rejectUnauthorized: false });
-        await once(socket, "secureConnect");
+        const socket = await openTls(proxy.port);
         let received = "";
         socket.on("data", (chunk) => (received += chunk));
         socket.write("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");

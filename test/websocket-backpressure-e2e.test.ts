@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { once } from "node:events";
-import { connect, type TLSSocket } from "node:tls";
-import { PROXY_COMMANDS, startProxy, type ProxyProcess } from "./helpers.ts";
+import type { TLSSocket } from "node:tls";
+import { PROXY_COMMANDS, openTls, startProxy, type ProxyProcess } from "./helpers.ts";
 
 const MESSAGES = 60;
 const MESSAGE_BYTES = 1024 * 1024;
@@ -61,13 +61,7 @@ function parseFrames(bytes: Buffer): Frame[] {
 
 /** Opens a WebSocket through the proxy on a raw TLS socket, so that the test controls reading. */
 async function openRawWebSocket(proxy: ProxyProcess): Promise<TLSSocket> {
-  const socket = connect({
-    host: "127.0.0.1",
-    port: proxy.port,
-    rejectUnauthorized: false,
-    ALPNProtocols: ["http/1.1"],
-  });
-  await once(socket, "secureConnect");
+  const socket = await openTls(proxy.port);
   socket.write(
     "GET /flood HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
