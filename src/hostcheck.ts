@@ -13,11 +13,11 @@ const HOST_PATTERN =
 export interface RequestHost {
   /** The host name or address as sent, brackets of an IPv6 literal included. */
   name: string;
-  /** The port as sent; undefined when the header has none or an empty one. */
+  /** The port as sent, or undefined when the header has none or an empty one. */
   port: string | undefined;
 }
 
-/** Parses a Host header value; returns undefined when it is not a valid host with an optional port. */
+/** Parses a Host header value, or returns undefined when it is not a valid host and optional port. */
 export function parseHost(value: string): RequestHost | undefined {
   const groups = HOST_PATTERN.exec(value)?.groups;
   if (!groups) return undefined;
@@ -38,7 +38,7 @@ export function isServedHost(host: RequestHost, domains: readonly string[], loca
  * Returns the error response for a request that must not reach the backend because of its
  * target, or undefined for one that may:
  * - 400 for a Host header that is missing, repeated or not a valid host (RFC 9112 section 3.2);
- * - 400 for CONNECT, which asks a forward proxy for a tunnel to another host (RFC 9110
+ * - 400 for CONNECT, which requests a tunnel from a forward proxy to another host (RFC 9110
  *   section 9.3.6), and which ssl-proxy as a reverse proxy does not do;
  * - 421 Misdirected Request (RFC 9110 section 15.5.20) when `domains` is not empty and the
  *   Host names none of them. With no -domain, any valid Host is accepted.
