@@ -4,7 +4,7 @@ import { createServer } from "node:net";
 import { formatHostPort, type ListenAddress } from "./address.ts";
 import type { CertificateBundle } from "./certs.ts";
 import { UserError } from "./errors.ts";
-import type { ProxyHandler } from "./proxy.ts";
+import { describeConnectError, requestTarget, type ProxyHandler } from "./proxy.ts";
 import type { UpstreamTls } from "./upstream.ts";
 import { proxyWebSocket, WEBSOCKET_HANDLERS, type WebSocketSession } from "./websocket.ts";
 
@@ -84,7 +84,35 @@ export async function serveThroughProxy(
   ) {
     server.timeout(req, idle);
   }
-  return res;
+  return res?.body ? logBodyError(res, req, options.log) : res;
+}
+
+/**
+ * Returns `res` with a body that logs one line when reading the backend's body fails, as when
+ * the app closes the connection mid-response. The client's connection is then reset, so the
+ * cut is visible to it. Erroring with undefined keeps Bun 1.4.5 from also printing the error
+ * with a source excerpt.
+ * NOTE: this stage moves every response body through JavaScript, which Bun's fetch would
+ * otherwise hand to the client natively. It costs throughput on small requests.
+ */
+function logBodyError(res: Response, req: Request, log: ConsolaInstance): Response {
+  const reader = res.body!.getReader();
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const { value, done } = await reader.read();
+        if (done) controller.close();
+        else controller.enqueue(value);
+      } catch (error) {
+        const target = requestTarget(req.url);
+        const reason = describeConnectError(error);
+        log.error(`${req.method} ${target}: the response body from the app broke off: ${reason}`);
+        controller.error(undefined);
+      }
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
+  return new Response(body, { status: res.status, headers: res.headers });
 }
 
 /**
