@@ -97,20 +97,28 @@ export async function serveThroughProxy(
  */
 function logBodyError(res: Response, req: Request, log: ConsolaInstance): Response {
   const reader = res.body!.getReader();
+  let cancelled = false;
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
+      let chunk: Awaited<ReturnType<typeof reader.read>>;
       try {
-        const { value, done } = await reader.read();
-        if (done) controller.close();
-        else controller.enqueue(value);
+        chunk = await reader.read();
       } catch (error) {
         const target = requestTarget(req.url);
         const reason = describeConnectError(error);
         log.error(`${req.method} ${target}: the response body from the app broke off: ${reason}`);
         controller.error(undefined);
+        return;
       }
+      // A client that went away cancels the stream while a read is pending.
+      if (cancelled) return;
+      if (chunk.done) controller.close();
+      else controller.enqueue(chunk.value);
     },
-    cancel: (reason) => reader.cancel(reason),
+    cancel(reason) {
+      cancelled = true;
+      return reader.cancel(reason);
+    },
   });
   return new Response(body, { status: res.status, headers: res.headers });
 }

@@ -40,7 +40,11 @@ const BAD_ANSWERS: Record<string, (socket: Socket) => void> = {
 };
 
 const HANG = "hangs before answering";
-const BEHAVIOURS = { ...CUT_RESPONSES, ...BAD_ANSWERS, [HANG]: () => {} };
+const BEHAVIOURS: Record<string, (socket: Socket) => void> = {
+  ...CUT_RESPONSES,
+  ...BAD_ANSWERS,
+  [HANG]: () => {},
+};
 
 // ssl-proxy sends a path that starts with "//" through node:http and every other path through
 // fetch, so each fault is tried with one path of each kind.
@@ -67,7 +71,8 @@ beforeAll(async () => {
     socket.on("error", () => {});
     socket.once("data", (data: Buffer) => {
       const path = data.toString("latin1").split(" ")[1] ?? "/";
-      const act = bySlug.get(path.slice(path.lastIndexOf("/") + 1));
+      const act = bySlug.get(path.slice(path.lastIndexOf("/") + 1)) as
+        ((socket: Socket) => void) | undefined;
       if (act) act(socket);
       else socket.end("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnext");
     });

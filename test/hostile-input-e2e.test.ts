@@ -234,6 +234,18 @@ describe.each(PROXY_COMMANDS)("hostile input ($name)", (command) => {
     expect(result.status).toBe(200);
   });
 
+  test("forwards Connection with non-token option", async () => {
+    const request = `GET /conn HTTP/1.1\r\n${HOST}Connection: U\xebpgrade, x-secret\r\nX-Secret: 1\r\n\r\n`;
+
+    const { result, forwarded } = await watchBackend(() => sendRaw(proxy.port, request));
+
+    expect(forwarded).toHaveLength(1);
+    expect(forwarded[0]!.head).not.toMatch(/x-secret/i);
+
+    expect(result.status).toBe(200);
+    expect(proxy.stderr()).not.toContain("/conn");
+  });
+
   test("accepts any Host without -domain", async () => {
     const request = "GET /any HTTP/1.1\r\nHost: Other.Example:9\r\n\r\n";
 
