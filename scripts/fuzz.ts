@@ -278,11 +278,13 @@ const backend = Bun.serve({
   hostname: "127.0.0.1",
   port: 0,
   development: false,
+  // Any failure of its own is a 418, so that a 500 can only come from the proxy.
+  error: () => new Response("backend error\n", { status: 418 }),
   async fetch(req) {
     const url = new URL(req.url);
     if (url.pathname === "/health")
       return new Response(`${HEALTH_BODY} ${url.searchParams.get("round")}`);
-    // A body cut off by the client is answered here, so that a 500 can only come from the proxy.
+    // A body cut off by the client is answered with a 400.
     const body = await req.arrayBuffer().catch(() => undefined);
     if (!body) return new Response("incomplete body\n", { status: 400 });
     return new Response(`${req.method} ${url.pathname} ${body.byteLength}\n`);
@@ -353,6 +355,8 @@ console.log(
   `RSS MB: start ${rssSamples[0]!.toFixed(1)}, peak ${Math.max(...rssSamples).toFixed(1)}, end ${rssSamples.at(-1)!.toFixed(1)}`,
 );
 console.log(`proxy stderr lines: ${logLines.length}`);
-for (const line of logLines.slice(0, 5)) console.log(`  ${line}`);
+const distinct = new Map<string, number>();
+for (const line of logLines) distinct.set(line, (distinct.get(line) ?? 0) + 1);
+for (const [line, count] of [...distinct].slice(0, 10)) console.log(`  ${count} x ${line}`);
 for (const failure of failures) console.log(`FAILED ${failure}`);
 process.exit(failures.length === 0 ? 0 : 1);

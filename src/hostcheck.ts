@@ -17,10 +17,14 @@ export interface RequestHost {
   port: string | undefined;
 }
 
-/** Parses a Host header value, or returns undefined when it is not a valid host and optional port. */
+/**
+ * Parses a Host header value, or returns undefined when it is not a valid host and optional port.
+ * The WHATWG URL parser must accept it too, because backends that build a URL from Host (Bun,
+ * Deno and Node servers among them) fail on names such as "927.0.0.1" or a port over 65535.
+ */
 export function parseHost(value: string): RequestHost | undefined {
   const groups = HOST_PATTERN.exec(value)?.groups;
-  if (!groups) return undefined;
+  if (!groups || !URL.canParse(`http://${value}/`)) return undefined;
   return { name: groups.name!, port: groups.port === "" ? undefined : groups.port };
 }
 

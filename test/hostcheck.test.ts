@@ -42,6 +42,10 @@ describe("parseHost", () => {
     "[evil.example]",
     "\u00e9.example",
     "a\tb",
+    "927.0.0.1",
+    ".0.1",
+    "127&0.0.1",
+    "a:65536",
   ])("rejects %p", (value) => {
     expect(parseHost(value)).toBeUndefined();
   });

@@ -78,6 +78,7 @@ const BAD_HOSTS: [string, string][] = [
   ["Host with userinfo", "GET /h HTTP/1.1\r\nHost: user@127.0.0.1\r\n\r\n"],
   ["Host with a query", "GET /h HTTP/1.1\r\nHost: a?b\r\n\r\n"],
   ["Host with an invalid port", "GET /h HTTP/1.1\r\nHost: 127.0.0.1:https\r\n\r\n"],
+  ["Host that URL parsers reject", "GET /h HTTP/1.1\r\nHost: 927.0.0.1\r\n\r\n"],
   ["Host with UTF-8 bytes", "GET /h HTTP/1.1\r\nHost: \xc3\xa9.example\r\n\r\n"],
 ];
 
