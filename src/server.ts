@@ -92,8 +92,9 @@ export async function serveThroughProxy(
  * the app closes the connection mid-response. The client's connection is then reset, so the
  * cut is visible to it. Erroring with undefined keeps Bun 1.4.5 from also printing the error
  * with a source excerpt.
- * NOTE: this stage moves every response body through JavaScript, which Bun's fetch would
- * otherwise hand to the client natively. It costs throughput on small requests.
+ * NOTE: this stage runs JavaScript for every chunk of every response body. An estimate from
+ * three noisy runs on a shared 2-core machine: about 15 % fewer small requests per second
+ * (20 fetch clients, compiled binary), and a 256 MB download about 15 % slower.
  */
 function logBodyError(res: Response, req: Request, log: ConsolaInstance): Response {
   const reader = res.body!.getReader();

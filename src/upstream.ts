@@ -118,7 +118,8 @@ async function sendWithNodeHttp(
         rejectUnauthorized: options.rejectUnauthorized,
       },
       (incoming) => {
-        // A status such as 099 or 600 throws in toResponse, inside node:http's parser callback.
+        // toResponse throws for a status such as 099 or 600, and an exception thrown inside
+        // node:http's parser callback would end the process.
         try {
           resolve(toResponse(incoming, init.method));
         } catch (error) {
