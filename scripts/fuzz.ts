@@ -1,9 +1,10 @@
 // Fuzzes the compiled ssl-proxy for a bounded time over loopback: mutated and random HTTP/1.1
 // requests over TLS, random bytes before or instead of a TLS handshake, and random HTTP/2 frames.
-// Between rounds it checks that the proxy still answers a normal request correctly and samples
+// Between rounds it checks that the proxy still responds correctly to a normal request and samples
 // its RSS. Usage: npm run fuzz -- [--seconds 60] [--seed N] [--binary PATH]
-// Exits 1 when the proxy died, answered a normal request wrongly, answered a fuzz case with 500,
-// or its RSS grew by more than --maxGrowthMB (default 64) between the first and last quarter.
+// Exits 1 when the proxy died, sent a wrong response to a normal request, sent a 500 for a fuzz
+// case, or its RSS grew by more than --maxGrowthMB (default 64) from the first to the last quarter
+// of the samples. Cases of a failing round are saved under test/.tmp for replay.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect as connectTcp, type Socket } from "node:net";
 import { join, resolve } from "node:path";
@@ -14,7 +15,7 @@ import { startProxy, type ProxyProcess } from "../test/helpers.ts";
 const ROOT = resolve(import.meta.dir, "..");
 const CASES_PER_ROUND = 40;
 const CONCURRENCY = 8;
-// How long one case waits for the proxy to answer or close before it gives up.
+// How long one case waits for the proxy to respond or close before it gives up.
 const CASE_WAIT_MS = 1_500;
 const HEALTH_BODY = "healthy";
 
@@ -24,7 +25,7 @@ interface FuzzCase {
   bytes: Buffer;
 }
 
-/** What one fuzz input got back: a status code, or how the connection ended. */
+/** The result of one fuzz input: a status code, or how the connection ended. */
 type Outcome = string;
 
 const { values: args } = parseArgs({
@@ -193,7 +194,7 @@ function createCase(): FuzzCase {
   return { kind: "h2", bytes: randomHttp2() };
 }
 
-/** Sends one case to the proxy and returns the status it answered, or how the connection ended. */
+/** Sends one case to the proxy and returns its response status, or how the connection ended. */
 function sendCase(port: number, fuzzCase: FuzzCase): Promise<Outcome> {
   return new Promise((done) => {
     let socket: Socket;
@@ -284,7 +285,7 @@ const backend = Bun.serve({
     const url = new URL(req.url);
     if (url.pathname === "/health")
       return new Response(`${HEALTH_BODY} ${url.searchParams.get("round")}`);
-    // A body cut off by the client is answered with a 400.
+    // A body cut off by the client gets a 400.
     const body = await req.arrayBuffer().catch(() => undefined);
     if (!body) return new Response("incomplete body\n", { status: 400 });
     return new Response(`${req.method} ${url.pathname} ${body.byteLength}\n`);
@@ -349,7 +350,7 @@ const format = (map: Map<string, number>) =>
     .map(([key, count]) => `${key}: ${count}`)
     .join(", ");
 console.log(`requests sent: ${sent} in ${round} rounds (${format(sentByKind)})`);
-console.log(`answers: ${format(outcomes)}`);
+console.log(`responses: ${format(outcomes)}`);
 console.log(`proxy still correct: ${alive && failures.length === 0 ? "yes" : "no"}`);
 console.log(
   `RSS MB: start ${rssSamples[0]!.toFixed(1)}, peak ${Math.max(...rssSamples).toFixed(1)}, end ${rssSamples.at(-1)!.toFixed(1)}`,

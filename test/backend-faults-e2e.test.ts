@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createServer, type Socket } from "node:net";
-import { PROXY_COMMANDS, run, startProxy, type ProxyProcess } from "./helpers.ts";
+import { PROXY_COMMANDS, findFreePort, run, startProxy, type ProxyProcess } from "./helpers.ts";
 
 /** Backend behaviours that cut a response after its head and 10 body bytes. */
 const CUT_RESPONSES: Record<string, (socket: Socket) => void> = {
@@ -179,5 +179,35 @@ describe.each(PROXY_COMMANDS)("backend faults ($name)", (command) => {
       expect(next.status).toBe(200);
       expect(next.body).toBe("next");
     });
+  });
+});
+
+describe.each(PROXY_COMMANDS)("backend restart ($name)", (command) => {
+  test.each(PREFIXES)("serves again after restart under %p", async (prefix) => {
+    const port = await findFreePort();
+    const serve = (text: string) =>
+      Bun.serve({ hostname: "127.0.0.1", port, fetch: () => new Response(text) });
+    let app = serve("first");
+    const proxy = await startProxy(command, ["-to", `http://127.0.0.1:${port}`]);
+
+    try {
+      const before = await fetchWithCurl(proxy, `${prefix}/before`);
+      await app.stop(true);
+      const down = await logLinesDuring(proxy, () => fetchWithCurl(proxy, `${prefix}/down`));
+      app = serve("second");
+      const after = await logLinesDuring(proxy, () => fetchWithCurl(proxy, `${prefix}/after`));
+
+      expect(down.lines).toHaveLength(1);
+      expect(down.lines[0]).toContain(`GET ${prefix}/down: `);
+      expect(after.lines).toEqual([]);
+
+      expect(before.body).toBe("first");
+      expect(down.result.status).toBe(502);
+      expect(after.result.status).toBe(200);
+      expect(after.result.body).toBe("second");
+    } finally {
+      await proxy.stop();
+      await app.stop(true);
+    }
   });
 });
