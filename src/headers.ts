@@ -13,13 +13,19 @@ export const HOP_BY_HOP_HEADERS = [
   "upgrade",
 ] as const;
 
-/** Removes the hop-by-hop headers and every header named in `Connection`, in place. */
+/** An RFC 9110 section 5.6.2 token, the syntax of a header name and of a Connection option. */
+const TOKEN_PATTERN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/**
+ * Removes the hop-by-hop headers and every header named in `Connection`, in place. A Connection
+ * option that is not a token names no header, and Headers.delete would throw on it.
+ */
 export function stripHopByHopHeaders(headers: Headers): void {
   const connection = headers.get("connection");
   if (connection) {
     for (const token of connection.split(",")) {
       const name = token.trim();
-      if (name !== "") headers.delete(name);
+      if (TOKEN_PATTERN.test(name)) headers.delete(name);
     }
   }
   for (const name of HOP_BY_HOP_HEADERS) headers.delete(name);

@@ -25,6 +25,7 @@ import {
 import { describeUpstream, type ProxyConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
 import { withAccessLog } from "./accesslog.ts";
+import { withTargetCheck } from "./hostcheck.ts";
 import { createProxyHandler, type ProxyHandler } from "./proxy.ts";
 import { leaveRoot } from "./privileges.ts";
 import { createRedirectHandler } from "./redirect.ts";
@@ -82,7 +83,8 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
     log,
   });
   const upstreamName = describeUpstream(config.upstream);
-  const proxy = config.accessLog ? withAccessLog(forward, upstreamName, log) : forward;
+  const checked = withTargetCheck(forward, config.domains);
+  const proxy = config.accessLog ? withAccessLog(checked, upstreamName, log) : checked;
   const https = await startHttpsListener({
     listen: config.listen,
     bundle: certificate,

@@ -4,7 +4,7 @@ import { createServer } from "node:net";
 import { formatHostPort, type ListenAddress } from "./address.ts";
 import type { CertificateBundle } from "./certs.ts";
 import { UserError } from "./errors.ts";
-import type { ProxyHandler } from "./proxy.ts";
+import { describeConnectError, requestTarget, type ProxyHandler } from "./proxy.ts";
 import type { UpstreamTls } from "./upstream.ts";
 import { proxyWebSocket, WEBSOCKET_HANDLERS, type WebSocketSession } from "./websocket.ts";
 
@@ -111,7 +111,44 @@ export async function serveThroughProxy(
   ) {
     server.timeout(req, idle);
   }
-  return res;
+  return res?.body ? logBodyError(res, req, options.log) : res;
+}
+
+/**
+ * Returns `res` with a body that logs one line when reading the backend's body fails, as when
+ * the app closes the connection mid-response. The client's connection is then reset, so the
+ * cut is visible to it. Erroring with undefined keeps Bun 1.4.5 from also printing the error
+ * with a source excerpt.
+ * NOTE: this stage runs JavaScript for every chunk of every response body. An estimate from
+ * three noisy runs on a shared 2-core machine: about 15 % fewer small requests per second
+ * (20 fetch clients, compiled binary), and a 256 MB download about 15 % slower.
+ */
+function logBodyError(res: Response, req: Request, log: ConsolaInstance): Response {
+  const reader = res.body!.getReader();
+  let cancelled = false;
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let chunk: Awaited<ReturnType<typeof reader.read>>;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        const target = requestTarget(req.url);
+        const reason = describeConnectError(error);
+        log.error(`${req.method} ${target}: the response body from the app broke off: ${reason}`);
+        controller.error(undefined);
+        return;
+      }
+      // A client that went away cancels the stream while a read is pending.
+      if (cancelled) return;
+      if (chunk.done) controller.close();
+      else controller.enqueue(chunk.value);
+    },
+    cancel(reason) {
+      cancelled = true;
+      return reader.cancel(reason);
+    },
+  });
+  return new Response(body, { status: res.status, headers: res.headers });
 }
 
 /**

@@ -62,8 +62,23 @@ export function createUpstreamClient(
       // Keep a gzip body gzip: Bun's fetch would decode it but keep Content-Encoding.
       decompress: false,
       duplex: "half",
-    } as RequestInit);
+    } as RequestInit).then(rejectInvalidStatus);
   };
+}
+
+/**
+ * Passes `res` on, or throws when its status is outside 200 to 599, which a Response for the
+ * client cannot carry (RFC 9110 section 15 defines only 1xx to 5xx, and fetch consumes 1xx).
+ */
+function rejectInvalidStatus(res: Response): Response {
+  if (res.status >= 200 && res.status <= 599) return res;
+  void res.body?.cancel();
+  throw invalidStatusError(res.status);
+}
+
+function invalidStatusError(status: number): Error {
+  const message = `the app sent the invalid status code ${status}`;
+  return Object.assign(new Error(message), { code: "ERR_INVALID_STATUS" });
 }
 
 function hasDoubleSlashPath(url: string): boolean {
@@ -102,7 +117,16 @@ async function sendWithNodeHttp(
         ca: options.ca,
         rejectUnauthorized: options.rejectUnauthorized,
       },
-      (incoming) => resolve(toResponse(incoming, init.method)),
+      (incoming) => {
+        // toResponse throws for a status such as 099 or 600, and an exception thrown inside
+        // node:http's parser callback would end the process.
+        try {
+          resolve(toResponse(incoming, init.method));
+        } catch (error) {
+          incoming.destroy();
+          reject(error);
+        }
+      },
     );
     outgoing.on("error", reject);
     if (init.body) {
@@ -148,6 +172,7 @@ function toResponse(incoming: IncomingMessage, method: string): Response {
     headers.append(incoming.rawHeaders[i]!, incoming.rawHeaders[i + 1]!);
   }
   const status = incoming.statusCode ?? 502;
+  if (status < 200 || status > 599) throw invalidStatusError(status);
   // RFC 9110 sections 9.3.2, 15.3.5 and 15.4.5: these answers have no body, whatever the headers say.
   const bodyless = method === "HEAD" || status === 204 || status === 304;
   const body = bodyless ? null : (Readable.toWeb(incoming) as ReadableStream<Uint8Array>);

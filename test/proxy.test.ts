@@ -114,6 +114,15 @@ describe("stripHopByHopHeaders", () => {
     expect([...headers.keys()]).toEqual(["x-kept"]);
   });
 
+  test("skips Connection options that are not tokens", () => {
+    const headers = new Headers({ connection: "U\u00ebpgrade, a b, x-secret", "x-secret": "1" });
+    headers.set("x-kept", "yes");
+
+    stripHopByHopHeaders(headers);
+
+    expect([...headers.keys()]).toEqual(["x-kept"]);
+  });
+
   test("lists RFC 9110 hop-by-hop headers", () => {
     const names: readonly string[] = HOP_BY_HOP_HEADERS;
 
