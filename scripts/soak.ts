@@ -91,7 +91,7 @@ const KINDS: Kind[] = [
   "websocket",
 ];
 
-/** Sends one exchange of `kind` and throws when the answer is not the expected one. */
+/** Sends one exchange of `kind` and throws when the response is not the expected one. */
 async function exchange(base: string, kind: Kind): Promise<void> {
   const tls = { rejectUnauthorized: false };
   const check = (ok: boolean, what: string) => {

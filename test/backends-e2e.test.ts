@@ -21,7 +21,7 @@ async function launchProxy(command: { argv: string[] }, to: string): Promise<Pro
   return proxy;
 }
 
-/** A Bun backend that answers with what it saw, and echoes WebSocket messages. */
+/** Starts a Bun backend that returns what it received as JSON, and echoes WebSocket messages. */
 function startEchoBackend(listen: { hostname: string; port: 0 } | { unix: string }, name: string) {
   const server = Bun.serve({
     ...listen,

@@ -2,12 +2,12 @@ import { describe, expect, test } from "bun:test";
 import { Agent, request } from "node:https";
 import { PROXY_COMMANDS, startProxy } from "./helpers.ts";
 
-// Bun's fetch runs 256 requests at a time unless BUN_CONFIG_MAX_HTTP_REQUESTS says otherwise.
+// Bun's fetch runs 256 requests at a time unless BUN_CONFIG_MAX_HTTP_REQUESTS sets another limit.
 const CONCURRENT = 300;
 
 /**
- * Starts a backend that holds every request until `count` of them are open at once, as long
- * polls do, then answers them all. A proxy that runs fewer at a time never gets an answer.
+ * Starts a backend that delays every response until `count` requests are open at once, as long
+ * polls do, then responds to them all. Behind a proxy that runs fewer at a time, none completes.
  */
 function startGatheringBackend(count: number) {
   const gathered = Promise.withResolvers<void>();

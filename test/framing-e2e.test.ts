@@ -8,7 +8,7 @@ import {
   type ProxyProcess,
 } from "./helpers.ts";
 
-/** The backend's raw answers, by the last path segment of the request. */
+/** The backend's raw responses, by the last path segment of the request. */
 const ANSWERS: Record<string, string> = {
   len: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\n",
   "not-modified": 'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 5\r\n\r\n',
@@ -78,7 +78,7 @@ beforeAll(async () => {
 afterAll(() => backend.close());
 
 /**
- * Sends `requests` on one TLS connection, each after the answer to the one before (Bun.serve
+ * Sends `requests` on one TLS connection, each after the response to the one before (Bun.serve
  * closes a connection that pipelines behind an async handler), and returns all the proxy sent.
  */
 async function exchange(proxy: ProxyProcess, requests: [string, string][]): Promise<string> {

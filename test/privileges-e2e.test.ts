@@ -23,7 +23,7 @@ beforeAll(() => {
 
 afterAll(() => backend.stop(true));
 
-/** A folder under test/.tmp that nobody may enter, as a user's own folder would be. */
+/** Makes a folder under test/.tmp with mode 0755, so that the nobody account can enter it. */
 function openFolder(prefix: string): string {
   const folder = makeTempDir(prefix);
   chmodSync(folder, 0o755);

@@ -69,7 +69,7 @@ async function openRawWebSocket(proxy: ProxyProcess): Promise<TLSSocket> {
   return socket;
 }
 
-/** A masked client text frame, as RFC 6455 requires of clients. */
+/** Builds a masked client text frame, as RFC 6455 requires of clients. */
 function clientTextFrame(text: string): Buffer {
   const payload = Buffer.from(text);
   const mask = Buffer.from([1, 2, 3, 4]);
@@ -86,7 +86,7 @@ describe.each(PROXY_COMMANDS)("WebSocket slow reader ($name)", (command) => {
 
   afterAll(() => proxy.stop());
 
-  test("gets every message in order, or a 1013 close after the last one it got", async () => {
+  test("slow reader gets messages in order or 1013", async () => {
     const socket = await openRawWebSocket(proxy);
     const chunks: Buffer[] = [];
     socket.on("data", (chunk: Buffer) => chunks.push(chunk));
