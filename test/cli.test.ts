@@ -101,9 +101,9 @@ async function curlBody(url: string, curlArgs = ["-k"]): Promise<string> {
 }
 
 /** Fetches `url` with curl -k and returns the status code, a space and the redirect URL. */
-async function curlStatus(url: string): Promise<string> {
+async function curlStatus(url: string, extraArgs: string[] = []): Promise<string> {
   const format = "%{http_code} %{redirect_url}";
-  const curlArgs = ["-skg", "--max-time", "10", "-o", "/dev/null", "-w", format];
+  const curlArgs = ["-skg", "--max-time", "10", "-o", "/dev/null", "-w", format, ...extraArgs];
   const result = await run(["curl", ...curlArgs, url]);
   return result.stdout.trim();
 }
@@ -220,8 +220,14 @@ describe.each(PROXY_COMMANDS)("ssl-proxy ($name)", (command) => {
       if (!stopped) await proxy.stop();
     });
 
+    // With -domain, ssl-proxy answers only requests for that name, so curl sends it to 127.0.0.1.
+    const resolveDomain = () => ["--resolve", `${DOMAIN}:${fromPort}:127.0.0.1`];
+
     test("listens on the -from port", async () => {
-      const body = await curlBody(`https://127.0.0.1:${fromPort}/hello`);
+      const body = await curlBody(`https://${DOMAIN}:${fromPort}/hello`, [
+        "-k",
+        ...resolveDomain(),
+      ]);
 
       expect(proxy.port).toBe(fromPort);
       expect(body).toBe("GET /prefix/hello");
@@ -234,9 +240,9 @@ describe.each(PROXY_COMMANDS)("ssl-proxy ($name)", (command) => {
     });
 
     test("serves the -cert certificate", async () => {
-      const url = `https://127.0.0.1:${fromPort}/verified`;
+      const url = `https://${DOMAIN}:${fromPort}/verified`;
 
-      const body = await curlBody(url, ["--cacert", certificate.certPath]);
+      const body = await curlBody(url, ["--cacert", certificate.certPath, ...resolveDomain()]);
 
       expect(body).toBe("GET /prefix/verified");
     });
@@ -248,7 +254,7 @@ describe.each(PROXY_COMMANDS)("ssl-proxy ($name)", (command) => {
     });
 
     test("applies the -upstreamTimeout", async () => {
-      const status = await curlStatus(`https://127.0.0.1:${fromPort}/slow`);
+      const status = await curlStatus(`https://${DOMAIN}:${fromPort}/slow`, resolveDomain());
 
       expect(status).toBe("504");
     });

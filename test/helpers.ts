@@ -111,10 +111,15 @@ export async function startProxy(
   const out = { text: "" };
   const err = { text: "" };
   const ready = Promise.withResolvers<void>();
+  // The warning of -user root goes to stderr, which is read apart from stdout, so a test could
+  // otherwise see it arrive later, among the lines of what it tests.
+  const warnsOfRoot = asTestUser(fullArgs, options.env) !== fullArgs;
   const check = () => {
     if (
       /^https:\/\/\S+ -> /m.test(out.text) &&
-      (!fullArgs.some((a) => /redirectHTTP/.test(a)) || /^http:\/\/\S+ -> redirect/m.test(out.text))
+      (!fullArgs.some((a) => /redirectHTTP/.test(a)) ||
+        /^http:\/\/\S+ -> redirect/m.test(out.text)) &&
+      (!warnsOfRoot || /^warning: serving as root/m.test(err.text))
     )
       ready.resolve();
   };
