@@ -47,10 +47,11 @@ export function createProxyHandler(options: ProxyOptions): ProxyHandler {
     setForwardedHeaders(headers, host, connection);
     if (webSocket) return connection.upgradeWebSocket!(url, headers);
 
-    // One controller for both causes: AbortSignal.any costs about a tenth of the throughput.
+    // One controller for both causes: AbortSignal.any costs about a tenth of the throughput,
+    // and the onabort property cost less CPU per request than addEventListener.
     const abort = new AbortController();
     let timedOut = false;
-    req.signal.addEventListener("abort", () => abort.abort(), { once: true });
+    req.signal.onabort = () => abort.abort();
     const timer =
       upstreamTimeoutMs > 0
         ? setTimeout(() => {
