@@ -1,7 +1,7 @@
 // The seven scenarios of the benchmark and the metrics each one records.
 import { openIdleConnections, runWebSocketEcho, uploadFile } from "./clients.ts";
 import { type ContenderName, type RunningContender } from "./contenders.ts";
-import { sleep, sumMemory } from "./system.ts";
+import { sleep, sumCpuMillis, sumMemory } from "./system.ts";
 import { runWrk } from "./wrk.ts";
 
 /** Durations and sizes of one benchmark run. */
@@ -63,15 +63,20 @@ async function withContender<T>(
   }
 }
 
-/** Runs a short wrk warm-up and then the measured wrk run with the same load. */
+/**
+ * Runs a short wrk warm-up and then the measured wrk run with the same load, calling
+ * `beforeMeasuring` between the two.
+ */
 async function warmAndRunWrk(
   context: ScenarioContext,
   url: string,
   connections: number,
   headers: string[] = [],
+  beforeMeasuring = () => {},
 ) {
   const common = { url, connections, headers, cpus: context.loadCpus, script: context.wrkScript };
   await runWrk({ ...common, seconds: context.settings.warmupSeconds });
+  beforeMeasuring();
   const result = await runWrk({ ...common, seconds: context.settings.seconds });
   if (result.errors > 0)
     console.warn(`  ${url}: ${result.errors} failed requests during the wrk run`);
@@ -93,15 +98,23 @@ const keepAlive: Scenario = {
     { key: "rps", label: "requests/s", unit: "req/s", better: "higher" },
     { key: "p50", label: "p50 latency", unit: "ms", better: "lower" },
     { key: "p99", label: "p99 latency", unit: "ms", better: "lower" },
+    { key: "cpu", label: "proxy CPU time per request", unit: "us", better: "lower" },
   ],
   run: (context, name) =>
     withContender(context, name, async (running) => {
-      const result = await warmAndRunWrk(context, `${running.origin}/small`, 50);
-      return {
+      // CPU time per request depends less than requests/s on other work sharing the machine.
+      let cpuBefore = 0;
+      const result = await warmAndRunWrk(context, `${running.origin}/small`, 50, [], () => {
+        cpuBefore = sumCpuMillis(running.pids());
+      });
+      const cpuMillis = sumCpuMillis(running.pids()) - cpuBefore;
+      const values: Record<string, number> = {
         rps: result.requests / result.durationSeconds,
         p50: result.p50Micros / 1000,
         p99: result.p99Micros / 1000,
       };
+      if (name !== "direct") values.cpu = (cpuMillis * 1000) / result.requests;
+      return values;
     }),
 };
 

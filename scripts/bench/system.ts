@@ -125,6 +125,28 @@ export function sumMemory(pids: number[], field: "VmRSS" | "VmHWM"): number {
   return total;
 }
 
+/**
+ * Sums the CPU time (user and system, all threads) that `pids` have used since they started, in
+ * milliseconds, from /proc/PID/stat. The kernel counts it in clock ticks, 10 ms each here.
+ */
+export function sumCpuMillis(pids: number[]): number {
+  const msPerTick = 1000 / CLOCK_TICKS_PER_SECOND;
+  let total = 0;
+  for (const pid of pids) {
+    try {
+      // The fields after the command name, which is in brackets and may contain spaces.
+      const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+      total += (Number(fields[11]) + Number(fields[12])) * msPerTick;
+    } catch {
+      // The process exited between listing and reading.
+    }
+  }
+  return total;
+}
+
+// USER_HZ, which Linux fixes at 100 on x86-64 (getconf CLK_TCK).
+const CLOCK_TICKS_PER_SECOND = 100;
+
 /** Returns a TCP port on 127.0.0.1 that was free a moment ago. */
 export async function findFreePort(): Promise<number> {
   const server = createServer();
