@@ -1,4 +1,4 @@
-// Machine facts, tool checks, CPU pinning and memory readings for the benchmark.
+// Machine facts, tool checks, CPU pinning, and CPU time and memory readings for the benchmark.
 import { readFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { createServer } from "node:net";
@@ -70,8 +70,9 @@ export interface Pinning {
 }
 
 /**
- * Chooses the pinning: with two or more cores and pinning requested, the proxy gets CPU 0 to
- * itself, and the load generator, this script and the backends share CPU 1.
+ * Chooses the pinning: with two or more cores and pinning requested, the proxy runs on CPU 0,
+ * and the load generators, this script and the backends share CPU 1. Other programs on the
+ * machine are not moved.
  */
 export function choosePinning(cores: number, requested: boolean): Pinning {
   if (!requested || cores < 2) return { proxy: undefined, load: undefined };
