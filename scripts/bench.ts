@@ -2,7 +2,7 @@
 // front of the same backend on loopback, and against the backend reached directly.
 // Usage: bun scripts/bench.ts [--quick] [--rounds N] [--seconds S] [--json FILE]
 //        [--binary FILE] [--no-pin] [--only ID,ID] [--proxy-args "FLAGS"]
-import { mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -16,7 +16,7 @@ import {
   type Settings,
 } from "./bench/scenarios.ts";
 import {
-  checkTools,
+  findMissingTools,
   choosePinning,
   pickLine,
   pinSelf,
@@ -58,9 +58,14 @@ const settings: Settings = args.quick
     };
 if (args.seconds !== undefined) settings.seconds = positiveNumber("--seconds", args.seconds);
 const rounds = positiveNumber("--rounds", args.rounds ?? (args.quick ? "1" : "3"));
+if (!Number.isInteger(rounds)) fail(`--rounds must be a whole number, got "${args.rounds}"`);
 const scenarios = selectScenarios(args.only);
 
-checkTools();
+const missingTools = findMissingTools();
+if (missingTools !== undefined) fail(missingTools);
+if (args.binary !== undefined && !existsSync(args.binary)) {
+  fail(`--binary: file "${args.binary}" not found (build one with "npm run build")`);
+}
 const binary = args.binary ? resolve(args.binary) : buildBinary();
 const machine = readMachineInfo();
 const pinning = choosePinning(machine.cores, !args["no-pin"]);

@@ -18,13 +18,16 @@ const TOOLS: Tool[] = [
   { command: "taskset", debianPackage: "util-linux" },
 ];
 
-/** Throws with the apt-get line to run when a program the benchmark needs is not on PATH. */
-export function checkTools(): void {
+/**
+ * Returns an error message with the apt-get line to run when a program that the benchmark
+ * needs is not on PATH, or undefined when all are there.
+ */
+export function findMissingTools(): string | undefined {
   const missing = TOOLS.filter((tool) => Bun.which(tool.command) === null);
-  if (missing.length === 0) return;
+  if (missing.length === 0) return undefined;
   const names = missing.map((tool) => tool.command).join(", ");
   const packages = [...new Set(missing.map((tool) => tool.debianPackage))].join(" ");
-  throw new Error(`missing ${names}: install with "apt-get install -y ${packages}" (as root)`);
+  return `missing ${names}: install with "apt-get install -y ${packages}" (as root)`;
 }
 
 /** The machine the numbers come from. */
