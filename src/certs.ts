@@ -8,7 +8,6 @@ import {
 import { readFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { join } from "node:path";
-import * as x509 from "@peculiar/x509";
 import { UserError } from "./errors.ts";
 import { ensurePrivateFolder, writeFileAtomically } from "./files.ts";
 
@@ -210,6 +209,8 @@ export async function createSelfSignedCertificate(
   const notAfter = new Date(notBefore.getTime() + SELF_SIGNED_DAYS * 24 * 60 * 60 * 1000);
   const altNames = names.map((name) => ({ type: isIP(name) ? "ip" : "dns", value: name }) as const);
 
+  // Imported here, so that a start which reuses a stored certificate does not evaluate it.
+  const x509 = await import("@peculiar/x509");
   const certificate = await x509.X509CertificateGenerator.createSelfSigned(
     {
       // RFC 5280 section 4.1.2.2: a positive serial of at most 20 octets.

@@ -38,18 +38,20 @@ export function createProxyHandler(options: ProxyOptions): ProxyHandler {
     const target = requestTarget(req.url);
     const url = joinUpstreamURL(upstream, target);
 
-    const headers = new Headers(req.headers);
+    // Bun.serve lets a handler edit req.headers, which saves a copy per request. A WebSocket
+    // upgrade reads the client's Upgrade and Connection headers from req, so it gets a copy.
+    const webSocket = connection.upgradeWebSocket !== undefined && isWebSocketUpgrade(req);
+    const headers = webSocket ? new Headers(req.headers) : req.headers;
     stripHopByHopHeaders(headers);
     normalizeRequestHeaders(headers);
     setForwardedHeaders(headers, host, connection);
-    if (connection.upgradeWebSocket && isWebSocketUpgrade(req)) {
-      return connection.upgradeWebSocket(url, headers);
-    }
+    if (webSocket) return connection.upgradeWebSocket!(url, headers);
 
-    // One controller for both causes: AbortSignal.any costs about a tenth of the throughput.
+    // One controller for both causes: AbortSignal.any costs about a tenth of the throughput,
+    // and the onabort property cost less CPU per request than addEventListener.
     const abort = new AbortController();
     let timedOut = false;
-    req.signal.addEventListener("abort", () => abort.abort(), { once: true });
+    req.signal.onabort = () => abort.abort();
     const timer =
       upstreamTimeoutMs > 0
         ? setTimeout(() => {
@@ -77,9 +79,9 @@ export function createProxyHandler(options: ProxyOptions): ProxyHandler {
       clearTimeout(timer);
     }
 
-    const responseHeaders = new Headers(res.headers);
-    stripHopByHopHeaders(responseHeaders);
-    return new Response(res.body, { status: res.status, headers: responseHeaders });
+    // Bun lets fetch's response headers be edited, so the response goes back without a copy.
+    stripHopByHopHeaders(res.headers);
+    return res;
   };
 }
 
