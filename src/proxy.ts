@@ -10,7 +10,9 @@ import type { UpstreamClient } from "./upstream.ts";
 
 /**
  * A runtime-neutral request handler: a web Request in, a Response out, or undefined when the
- * connection became a WebSocket through `client.upgradeWebSocket`.
+ * connection became a WebSocket through `client.upgradeWebSocket`. The handler edits the
+ * headers of the request, and of the response the upstream client returns, in place, so both
+ * must be writable (Bun's are; the Deno adapter passes copies).
  */
 export type ProxyHandler = (
   req: Request,

@@ -36,9 +36,13 @@ export function createDenoUpstreamClient(settings: UpstreamTls): UpstreamClient 
       redirect: "manual",
       duplex: "half",
     } as RequestInit);
-    return sent.catch((error: unknown) => {
-      throw toConnectError(error);
-    });
+    // The proxy handler edits the response headers, which are read-only on Deno's Response.
+    return sent.then(
+      (res) => new Response(res.body, { status: res.status, headers: new Headers(res.headers) }),
+      (error: unknown) => {
+        throw toConnectError(error);
+      },
+    );
   };
 }
 
