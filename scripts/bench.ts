@@ -38,6 +38,7 @@ const { values: args } = parseArgs({
     "no-pin": { type: "boolean", default: false },
     only: { type: "string" },
     "proxy-args": { type: "string", default: "" },
+    soak: { type: "string" },
   },
 });
 
@@ -84,6 +85,15 @@ try {
   console.log(`results written to ${args.json}`);
 } finally {
   rmSync(dir, { recursive: true, force: true });
+}
+if (args.soak !== undefined) {
+  const seconds = String(positiveNumber("--soak", args.soak));
+  console.log(`\nsoak run of ${seconds} s (scripts/soak.ts)`);
+  const soak = Bun.spawnSync(
+    [process.execPath, join(ROOT, "scripts/soak.ts"), "--seconds", seconds, "--binary", binary],
+    { stdout: "inherit", stderr: "inherit" },
+  );
+  process.exitCode = soak.exitCode;
 }
 
 async function runScenarios(dir: string): Promise<Samples> {
