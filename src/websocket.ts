@@ -109,7 +109,8 @@ export function waitForOpen(upstream: WebSocket, timeoutMs: number): Promise<str
     };
     upstream.onclose = (event) => {
       clearTimeout(timer);
-      resolve(`closed before opening (${event.code} ${event.reason})`.trim());
+      const reason = event.reason ? ` ${event.reason}` : "";
+      resolve(`closed before opening (${event.code}${reason})`);
     };
   });
 }

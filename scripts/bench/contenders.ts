@@ -78,6 +78,8 @@ const CONTENDER_COMMANDS: Record<
 > = {
   "ssl-proxy": (port, options) => [
     options.binary,
+    // Started as root, ssl-proxy asks which user to serve as; the other contenders run as root.
+    ...(process.getuid?.() === 0 ? ["-user", "root"] : []),
     ...["-from", `127.0.0.1:${port}`, "-to", `127.0.0.1:${options.backendPort}`],
     ...["-cert", options.certificate.cert, "-key", options.certificate.key],
     ...["-dataDir", join(options.dir, "ssl-proxy-data")],
