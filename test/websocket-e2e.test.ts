@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { PROXY_COMMANDS, startProxy, type ProxyProcess } from "./helpers.ts";
+import { PROXY_COMMANDS, findFreePort, startProxy, type ProxyProcess } from "./helpers.ts";
 
 /** What the WebSocket backend saw of each handshake. */
 const handshakes: {
@@ -171,5 +171,33 @@ describe.each(PROXY_COMMANDS)("WebSockets ($name)", (command) => {
     ws.send("drop");
 
     expect((await closed).code).toBe(1011);
+  });
+});
+
+describe.each(PROXY_COMMANDS)("WebSockets to a stopped backend ($name)", (command) => {
+  test("answers 502 and logs why in one line", async () => {
+    const closedPort = await findFreePort();
+    const proxy = await startProxy(command, ["-to", `http://127.0.0.1:${closedPort}`]);
+    try {
+      const ws = new WebSocket(`wss://127.0.0.1:${proxy.port}/ws`, {
+        tls: { rejectUnauthorized: false },
+      });
+      const failed = await new Promise<boolean>((resolve) => {
+        ws.onopen = () => resolve(false);
+        ws.onerror = () => resolve(true);
+      });
+      await waitFor(() => proxy.stderr().includes("WebSocket"));
+
+      expect(failed).toBe(true);
+      const line = proxy
+        .stderr()
+        .split("\n")
+        .find((entry) => entry.includes("WebSocket"));
+      expect(line).toBe(
+        `error: WebSocket http://127.0.0.1:${closedPort}/ws: closed before opening (1006)`,
+      );
+    } finally {
+      await proxy.stop();
+    }
   });
 });
