@@ -4,8 +4,8 @@ import { PROXY_COMMANDS, findFreePort, run, startProxy, type ProxyProcess } from
 
 /** Backend behaviours that cut a response after its head and 10 body bytes. */
 const CUT_RESPONSES: Record<string, (socket: Socket) => void> = {
-  "closes mid Content-Length body": (socket) =>
-    writeThen(socket, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", () =>
+  "closes mid large Content-Length body": (socket) =>
+    writeThen(socket, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n0123456789", () =>
       socket.destroy(),
     ),
   "closes mid chunked body": (socket) =>
@@ -14,7 +14,19 @@ const CUT_RESPONSES: Record<string, (socket: Socket) => void> = {
       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n",
       () => socket.destroy(),
     ),
-  "resets mid body": (socket) =>
+  "resets mid large body": (socket) =>
+    writeThen(socket, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n0123456789", () =>
+      socket.resetAndDestroy(),
+    ),
+};
+
+/** Cut bodies of at most 64 KiB, which the proxy reads whole before it answers the client. */
+const CUT_SMALL_RESPONSES: Record<string, (socket: Socket) => void> = {
+  "closes mid small Content-Length body": (socket) =>
+    writeThen(socket, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", () =>
+      socket.destroy(),
+    ),
+  "resets mid small body": (socket) =>
     writeThen(socket, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", () =>
       socket.resetAndDestroy(),
     ),
@@ -42,6 +54,7 @@ const BAD_ANSWERS: Record<string, (socket: Socket) => void> = {
 const HANG = "hangs before answering";
 const BEHAVIOURS: Record<string, (socket: Socket) => void> = {
   ...CUT_RESPONSES,
+  ...CUT_SMALL_RESPONSES,
   ...BAD_ANSWERS,
   [HANG]: () => {},
 };
@@ -144,6 +157,22 @@ describe.each(PROXY_COMMANDS)("backend faults ($name)", (command) => {
       expect(result.status).toBe(200);
       expect(result.exitCode).not.toBe(0);
       expect(result.body).toBe("0123456789");
+      expect(next.status).toBe(200);
+      expect(next.body).toBe("next");
+    });
+
+    test.each(Object.keys(CUT_SMALL_RESPONSES))("returns 502 when app %s", async (name) => {
+      const path = `${prefix}/${slug(name)}`;
+
+      const { result, lines } = await logLinesDuring(proxy, () => fetchWithCurl(proxy, path));
+      const next = await fetchWithCurl(proxy, `${prefix}/next`);
+
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toContain(`GET ${path}: `);
+      expect(lines[0]).toMatch(/broke off/);
+
+      expect(result.exitCode).toBe(0);
+      expect(result.status).toBe(502);
       expect(next.status).toBe(200);
       expect(next.body).toBe("next");
     });
