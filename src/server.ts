@@ -115,6 +115,13 @@ export async function serveThroughProxy(
   return bufferedSmallBody(res, req, options.log) ?? logBodyError(res, req, options.log);
 }
 
+function logBrokenBody(req: Request, error: unknown, log: ConsolaInstance): void {
+  const target = requestTarget(req.url);
+  log.error(
+    `${req.method} ${target}: the response body from the app broke off: ${describeConnectError(error)}`,
+  );
+}
+
 /** Bodies up to this size with a Content-Length are read whole before the response starts. */
 const SMALL_BODY_BYTES = 64 * 1024;
 
@@ -122,7 +129,7 @@ const SMALL_BODY_BYTES = 64 * 1024;
  * Reads the body into memory when the backend declared a Content-Length of at most
  * SMALL_BODY_BYTES, and returns undefined for other bodies. Bun then sends the bytes with their
  * Content-Length and without the per-chunk stage of logBodyError. A body that breaks off is
- * logged in one line and answered with 502, since the client has received nothing yet.
+ * logged in one line and gets a 502, since the client has received nothing yet.
  */
 function bufferedSmallBody(
   res: Response,
@@ -134,9 +141,7 @@ function bufferedSmallBody(
   return res.arrayBuffer().then(
     (bytes) => new Response(bytes, { status: res.status, headers: res.headers }),
     (error: unknown) => {
-      const target = requestTarget(req.url);
-      const reason = describeConnectError(error);
-      log.error(`${req.method} ${target}: the response body from the app broke off: ${reason}`);
+      logBrokenBody(req, error, log);
       return new Response("Bad Gateway: the app behind ssl-proxy sent an incomplete answer\n", {
         status: 502,
         headers: { "content-type": "text/plain; charset=utf-8" },
@@ -167,9 +172,7 @@ function logBodyError(res: Response, req: Request, log: ConsolaInstance): Respon
       try {
         chunk = await reader.read();
       } catch (error) {
-        const target = requestTarget(req.url);
-        const reason = describeConnectError(error);
-        log.error(`${req.method} ${target}: the response body from the app broke off: ${reason}`);
+        logBrokenBody(req, error, log);
         controller.error(undefined);
         return;
       }
