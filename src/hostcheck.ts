@@ -1,4 +1,4 @@
-import type { ProxyHandler } from "./proxy.ts";
+import { textResponse, type ProxyHandler } from "./proxy.ts";
 
 /**
  * The Host header grammar of RFC 9110 section 7.2: uri-host [":" port] from RFC 3986 section
@@ -73,11 +73,4 @@ export function checkRequestTarget(
 export function withTargetCheck(handler: ProxyHandler, domains: readonly string[]): ProxyHandler {
   return async (req, connection) =>
     checkRequestTarget(req, domains, connection.localPort) ?? handler(req, connection);
-}
-
-function textResponse(status: number, text: string): Response {
-  return new Response(`${text}\n`, {
-    status,
-    headers: { "content-type": "text/plain; charset=utf-8" },
-  });
 }

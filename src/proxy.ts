@@ -10,9 +10,9 @@ import type { UpstreamClient } from "./upstream.ts";
 
 /**
  * A runtime-neutral request handler: a web Request in, a Response out, or undefined when the
- * connection became a WebSocket through `client.upgradeWebSocket`. The handler edits the
- * headers of the request, and of the response the upstream client returns, in place, so both
- * must be writable (Bun's are; the Deno adapter passes copies).
+ * connection became a WebSocket through `client.upgradeWebSocket`. The handler edits in place
+ * the headers of the request and of the response the upstream client returns. So both must be
+ * writable, as Bun's are, and the Deno adapter passes copies.
  */
 export type ProxyHandler = (
   req: Request,
@@ -178,7 +178,8 @@ export function describeConnectError(error: unknown): string {
   }
 }
 
-function textResponse(status: number, text: string): Response {
+/** Builds a plain-text response of `text` and a line end, for answers made by ssl-proxy itself. */
+export function textResponse(status: number, text: string): Response {
   return new Response(`${text}\n`, {
     status,
     headers: { "content-type": "text/plain; charset=utf-8" },

@@ -4,7 +4,7 @@ import { createServer } from "node:net";
 import { formatHostPort, type ListenAddress } from "./address.ts";
 import type { CertificateBundle } from "./certs.ts";
 import { UserError } from "./errors.ts";
-import { describeConnectError, requestTarget, type ProxyHandler } from "./proxy.ts";
+import { describeConnectError, requestTarget, textResponse, type ProxyHandler } from "./proxy.ts";
 import type { UpstreamTls } from "./upstream.ts";
 import { proxyWebSocket, WEBSOCKET_HANDLERS, type WebSocketSession } from "./websocket.ts";
 
@@ -142,10 +142,7 @@ function bufferedSmallBody(
     (bytes) => new Response(bytes, { status: res.status, headers: res.headers }),
     (error: unknown) => {
       logBrokenBody(req, error, log);
-      return new Response("Bad Gateway: the app behind ssl-proxy sent an incomplete answer\n", {
-        status: 502,
-        headers: { "content-type": "text/plain; charset=utf-8" },
-      });
+      return textResponse(502, "Bad Gateway: the app behind ssl-proxy sent an incomplete answer");
     },
   );
 }

@@ -73,7 +73,7 @@ export async function proxyWebSocket(
 }
 
 /** Turns a backend http(s) URL into ws(s), or into Bun's ws+unix://PATH:TARGET for a Unix socket. */
-function webSocketURL(url: string, socketPath: string | undefined): string {
+export function webSocketURL(url: string, socketPath: string | undefined): string {
   if (socketPath === undefined) return url.replace(/^http/, "ws");
   const target = url.slice(url.indexOf("/", url.indexOf("//") + 2));
   return `ws+unix://${socketPath}:${target}`;

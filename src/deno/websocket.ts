@@ -6,6 +6,7 @@ import {
   offeredProtocols,
   sendableCloseCode,
   waitForOpen,
+  webSocketURL,
 } from "../websocket.ts";
 import { denoApi, type DenoHttpClient } from "./api.ts";
 
@@ -36,7 +37,7 @@ export async function proxyDenoWebSocket(
     headers: handshakeHeaders(target.headers),
     ...(target.httpClient ? { client: target.httpClient } : {}),
   };
-  const upstream = new WebSocket(url.replace(/^http/, "ws"), options as Bun.WebSocketOptions);
+  const upstream = new WebSocket(webSocketURL(url, undefined), options as Bun.WebSocketOptions);
   upstream.binaryType = "arraybuffer";
   const pending: (string | ArrayBuffer)[] = [];
   upstream.onmessage = (event) => pending.push(event.data);
@@ -73,7 +74,7 @@ function relayMessages(
   client.binaryType = "arraybuffer";
   // Deno's send() returns nothing, so the queue is checked through bufferedAmount: a reader
   // with more than MAX_BUFFERED_BYTES waiting closes the session.
-  // NOTE: no test has a reader that falls that far behind, under Deno or under Bun.
+  // NOTE: no test runs a reader that falls that far behind under Deno (one does under Bun).
   const send = (to: WebSocket, data: string | ArrayBuffer, reader: string) => {
     to.send(data);
     if (to.bufferedAmount <= MAX_BUFFERED_BYTES) return;
