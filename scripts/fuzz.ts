@@ -2,9 +2,9 @@
 // requests over TLS, random bytes before or instead of a TLS handshake, and random HTTP/2 frames.
 // Between rounds it checks that the proxy still responds correctly to a normal request and samples
 // its RSS. Usage: npm run fuzz -- [--seconds 60] [--seed N] [--binary PATH]
-// Exits 1 when the proxy died, sent a wrong response to a normal request, sent a 500 for a fuzz
-// case, or its RSS grew by more than --maxGrowthMB (default 64) from the first to the last quarter
-// of the samples. Cases of a failing round are saved under test/.tmp for replay.
+// Exits 1 when the proxy died, sent a wrong response to a normal request, or sent a 500 for a
+// fuzz case. It also exits 1 when its RSS grew by more than --maxGrowthMB (default 64) from the
+// first to the last quarter of the samples. Cases of a failing round are saved under test/.tmp.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect as connectTcp, type Socket } from "node:net";
 import { join, resolve } from "node:path";

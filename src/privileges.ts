@@ -39,27 +39,27 @@ export function lookupAccount(name: string): Account | undefined {
 export async function leaveRoot(config: Readonly<ProxyConfig>): Promise<string | undefined> {
   const uid = process.getuid?.();
   if (uid === undefined) return;
-  const wanted = config.serveAs;
+  const requested = config.serveAs;
   if (uid !== 0) {
     const current = lookupAccount(String(uid));
-    if (wanted?.from === "-user" && wanted.name !== current?.name) {
+    if (requested?.from === "-user" && requested.name !== current?.name) {
       throw usageError(
-        `-user "${wanted.name}" needs ssl-proxy to be started as root (it runs as ${current?.name ?? `uid ${uid}`})`,
+        `-user "${requested.name}" needs ssl-proxy to be started as root (it runs as ${current?.name ?? `uid ${uid}`})`,
       );
     }
     return;
   }
-  if (!wanted) {
+  if (!requested) {
     throw usageError(
       "ssl-proxy was started as root without sudo: give -user NAME to serve as NAME once the ports are bound, or -user root to stay root",
     );
   }
-  const account = lookupAccount(wanted.name);
+  const account = lookupAccount(requested.name);
   if (!account) {
-    throw usageError(`${wanted.from} "${wanted.name}" is not a user on this machine`);
+    throw usageError(`${requested.from} "${requested.name}" is not a user on this machine`);
   }
   if (account.uid === 0) {
-    return `serving as root (${wanted.from} ${wanted.name}): a fault in ssl-proxy would give an attacker root; prefer -user NAME`;
+    return `serving as root (${requested.from} ${requested.name}): a fault in ssl-proxy would give an attacker root; prefer -user NAME`;
   }
   if (typeof Bun === "undefined") {
     throw usageError(

@@ -173,7 +173,7 @@ function toResponse(incoming: IncomingMessage, method: string): Response {
   }
   const status = incoming.statusCode ?? 502;
   if (status < 200 || status > 599) throw invalidStatusError(status);
-  // RFC 9110 sections 9.3.2, 15.3.5 and 15.4.5: these answers have no body, whatever the headers say.
+  // RFC 9110 sections 9.3.2, 15.3.5 and 15.4.5: these responses have no body, whatever the headers say.
   const bodyless = method === "HEAD" || status === 204 || status === 304;
   const body = bodyless ? null : (Readable.toWeb(incoming) as ReadableStream<Uint8Array>);
   return new Response(body, { status, headers });

@@ -20,7 +20,7 @@ const CUT_RESPONSES: Record<string, (socket: Socket) => void> = {
     ),
 };
 
-/** Cut bodies of at most 64 KiB, which the proxy reads whole before it answers the client. */
+/** Cut bodies of at most 64 KiB, which the proxy reads whole before it responds to the client. */
 const CUT_SMALL_RESPONSES: Record<string, (socket: Socket) => void> = {
   "closes mid small Content-Length body": (socket) =>
     writeThen(socket, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", () =>

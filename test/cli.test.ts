@@ -220,7 +220,7 @@ describe.each(PROXY_COMMANDS)("ssl-proxy ($name)", (command) => {
       if (!stopped) await proxy.stop();
     });
 
-    // With -domain, ssl-proxy answers only requests for that name, so curl sends it to 127.0.0.1.
+    // With -domain, ssl-proxy serves only requests for that name, so curl sends it to 127.0.0.1.
     const resolveDomain = () => ["--resolve", `${DOMAIN}:${fromPort}:127.0.0.1`];
 
     test("listens on the -from port", async () => {

@@ -35,8 +35,8 @@ export function makeTempDir(prefix = "t"): string {
 }
 
 /**
- * Returns `args` for a test run as root: ssl-proxy leaves root unless told otherwise, so
- * `-user root` comes first, unless the test names a user itself.
+ * Returns `args` for a test run as root. Started as root, ssl-proxy requires -user, so
+ * `-user root` comes first unless the test names a user itself.
  */
 export function asTestUser(args: string[], env: Record<string, string> = {}): string[] {
   const namesUser = args.some((arg) => /^--?user\b/.test(arg)) || env.SUDO_USER !== undefined;

@@ -78,7 +78,7 @@ const CONTENDER_COMMANDS: Record<
 > = {
   "ssl-proxy": (port, options) => [
     options.binary,
-    // Started as root, ssl-proxy asks which user to serve as; the other contenders run as root.
+    // Started as root, ssl-proxy requires -user; the other contenders run as root too.
     ...(process.getuid?.() === 0 ? ["-user", "root"] : []),
     ...["-from", `127.0.0.1:${port}`, "-to", `127.0.0.1:${options.backendPort}`],
     ...["-cert", options.certificate.cert, "-key", options.certificate.key],
