@@ -6,7 +6,7 @@ import {
   stripHopByHopHeaders,
   type ClientConnection,
 } from "./headers.ts";
-import type { UpstreamClient } from "./upstream.ts";
+import { IncompleteBodyError, type UpstreamClient } from "./upstream.ts";
 
 /**
  * A runtime-neutral request handler: a web Request in, a Response out, or undefined when the
@@ -68,6 +68,7 @@ export function createProxyHandler(options: ProxyOptions): ProxyHandler {
         headers,
         body: req.method === "GET" || req.method === "HEAD" ? null : req.body,
         signal: abort.signal,
+        onBrokenBody: (error) => logBrokenBody(req, target, error, log),
       });
     } catch (error) {
       return failureResponse(error, {
@@ -139,6 +140,10 @@ function failureResponse(error: unknown, context: FailureContext): Response {
   const { req, target, timedOut, log } = context;
   const request = `${req.method} ${target}`;
   const upstream = describeUpstream(context.upstream);
+  if (error instanceof IncompleteBodyError) {
+    logBrokenBody(req, target, error.cause, log);
+    return textResponse(502, "Bad Gateway: the app behind ssl-proxy sent an incomplete answer");
+  }
   if (timedOut) {
     log.error(
       `${request}: ${upstream} sent no response headers in time (raise -upstreamTimeout if the app is slow)`,
@@ -151,6 +156,12 @@ function failureResponse(error: unknown, context: FailureContext): Response {
   }
   log.error(`${request}: cannot reach ${upstream}: ${describeConnectError(error)}`);
   return textResponse(502, "Bad Gateway: ssl-proxy could not get an answer from the app behind it");
+}
+
+function logBrokenBody(req: Request, target: string, error: unknown, log: ConsolaInstance): void {
+  log.error(
+    `${req.method} ${target}: the response body from the app broke off: ${describeConnectError(error)}`,
+  );
 }
 
 /** Describes why a connection to the backend failed, in words a user can act on. */

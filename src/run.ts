@@ -72,7 +72,7 @@ export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstan
 
   const forward = createProxyHandler({
     upstream: config.upstream,
-    client: createUpstreamClient(upstreamTls, config.upstream.socketPath),
+    client: createUpstreamClient(config.upstream.origin, upstreamTls, config.upstream.socketPath),
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     log,
   });

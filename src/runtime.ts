@@ -46,16 +46,17 @@ export function startHttpListener(
 }
 
 /**
- * Creates the runtime's client for the backend: fetch with the options that runtime needs.
- * `socketPath` is the Unix socket of `-to unix:PATH`, which only the Bun client supports.
+ * Creates the runtime's client for the backend at `origin`. `socketPath` is the Unix socket of
+ * `-to unix:PATH`, which only the Bun client supports.
  */
 export function createUpstreamClient(
+  origin: string,
   settings: UpstreamTls,
   socketPath: string | undefined,
 ): UpstreamClient {
   return RUNTIME === "deno"
     ? createDenoUpstreamClient(settings)
-    : createBunUpstreamClient(settings, socketPath);
+    : createBunUpstreamClient(origin, settings, socketPath);
 }
 
 /**

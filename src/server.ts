@@ -4,7 +4,7 @@ import { createServer } from "node:net";
 import { formatHostPort, type ListenAddress } from "./address.ts";
 import type { CertificateBundle } from "./certs.ts";
 import { UserError } from "./errors.ts";
-import { describeConnectError, requestTarget, textResponse, type ProxyHandler } from "./proxy.ts";
+import type { ProxyHandler } from "./proxy.ts";
 import type { UpstreamTls } from "./upstream.ts";
 import { proxyWebSocket, WEBSOCKET_HANDLERS, type WebSocketSession } from "./websocket.ts";
 
@@ -111,79 +111,7 @@ export async function serveThroughProxy(
   ) {
     server.timeout(req, idle);
   }
-  if (!res?.body) return res;
-  return bufferedSmallBody(res, req, options.log) ?? logBodyError(res, req, options.log);
-}
-
-function logBrokenBody(req: Request, error: unknown, log: ConsolaInstance): void {
-  const target = requestTarget(req.url);
-  log.error(
-    `${req.method} ${target}: the response body from the app broke off: ${describeConnectError(error)}`,
-  );
-}
-
-/** Bodies up to this size with a Content-Length are read whole before the response starts. */
-const SMALL_BODY_BYTES = 64 * 1024;
-
-/**
- * Reads the body into memory when the backend declared a Content-Length of at most
- * SMALL_BODY_BYTES, and returns undefined for other bodies. Bun then sends the bytes with their
- * Content-Length and without the per-chunk stage of logBodyError. A body that breaks off is
- * logged in one line and gets a 502, since the client has received nothing yet.
- */
-function bufferedSmallBody(
-  res: Response,
-  req: Request,
-  log: ConsolaInstance,
-): Promise<Response> | undefined {
-  const length = Number(res.headers.get("content-length") ?? Number.NaN);
-  if (!(length <= SMALL_BODY_BYTES)) return undefined;
-  return res.arrayBuffer().then(
-    (bytes) => new Response(bytes, { status: res.status, headers: res.headers }),
-    (error: unknown) => {
-      logBrokenBody(req, error, log);
-      return textResponse(502, "Bad Gateway: the app behind ssl-proxy sent an incomplete answer");
-    },
-  );
-}
-
-/**
- * Returns `res` with a body that logs one line when reading the backend's body fails, as when
- * the app closes the connection mid-response. The client's connection is then reset, so the
- * cut is visible to it. Erroring with undefined keeps Bun 1.4.5 from also printing the error
- * with a source excerpt.
- * NOTE: this stage runs JavaScript for every chunk of every response body, and Bun then no
- * longer pipes fetch's body to the socket natively. `npm run bench -- --only
- * keep-alive,download --rounds 2` on a quiet 2-core VM: 28,760 against 17,201 small requests
- * per second, and 1,049 against 741 MB/s of 1 MiB downloads, without and with it. A Bun
- * "direct" stream costs the same. Without it, Bun prints a multi-line report with a source
- * excerpt for a body that breaks off on the fetch path, and nothing on the node:http path.
- * Small bodies skip this stage (bufferedSmallBody).
- */
-function logBodyError(res: Response, req: Request, log: ConsolaInstance): Response {
-  const reader = res.body!.getReader();
-  let cancelled = false;
-  const body = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      let chunk: Awaited<ReturnType<typeof reader.read>>;
-      try {
-        chunk = await reader.read();
-      } catch (error) {
-        logBrokenBody(req, error, log);
-        controller.error(undefined);
-        return;
-      }
-      // A client that went away cancels the stream while a read is pending.
-      if (cancelled) return;
-      if (chunk.done) controller.close();
-      else controller.enqueue(chunk.value);
-    },
-    cancel(reason) {
-      cancelled = true;
-      return reader.cancel(reason);
-    },
-  });
-  return new Response(body, { status: res.status, headers: res.headers });
+  return res;
 }
 
 /**
