@@ -69,8 +69,22 @@ export function checkRequestTarget(
   return undefined;
 }
 
-/** Wraps a proxy handler so that requests rejected by checkRequestTarget never reach it. */
+/**
+ * Wraps a proxy handler so that requests rejected by checkRequestTarget never reach it. The
+ * last Host value that passed is remembered with its port, since most requests repeat it.
+ */
 export function withTargetCheck(handler: ProxyHandler, domains: readonly string[]): ProxyHandler {
-  return async (req, connection) =>
-    checkRequestTarget(req, domains, connection.localPort) ?? handler(req, connection);
+  let passedHost: string | undefined;
+  let passedPort = 0;
+  return (req, connection) => {
+    const host = req.headers.get("host");
+    if (host === passedHost && connection.localPort === passedPort && req.method !== "CONNECT") {
+      return handler(req, connection);
+    }
+    const rejected = checkRequestTarget(req, domains, connection.localPort);
+    if (rejected) return Promise.resolve(rejected);
+    passedHost = host ?? undefined;
+    passedPort = connection.localPort;
+    return handler(req, connection);
+  };
 }

@@ -13,6 +13,7 @@ import {
   IncompleteBodyError,
   invalidStatusError,
   SMALL_BODY_BYTES,
+  UpstreamTimeoutError,
   type UpstreamClient,
   type UpstreamRequestInit,
 } from "./upstream.ts";
@@ -50,12 +51,13 @@ export function createHttp1Client(target: Http1Target): UpstreamClient {
   const pool = new Pool(target);
   return async (url, init) => {
     const head = requestHead(url, init, target);
+    const deadline = init.timeoutMs > 0 ? performance.now() + init.timeoutMs : Infinity;
     // A pooled connection may have been closed by the backend just as the request went out.
     // A request without a body is then sent once more on a new connection.
     for (let attempt = 0; ; attempt++) {
-      const connection = await pool.take(init.signal);
+      const connection = pool.idleConnection() ?? (await pool.open(init, deadline));
       try {
-        return await connection.send(head, init);
+        return await connection.send(head, init, deadline);
       } catch (error) {
         if (!(error instanceof StaleConnectionError) || attempt > 0 || init.signal.aborted) {
           throw error instanceof StaleConnectionError ? error.cause : error;
@@ -103,14 +105,9 @@ class Pool {
 
   constructor(private readonly target: Http1Target) {}
 
-  /** Returns an idle connection, or opens one; rejects when `signal` aborts first. */
-  async take(signal: AbortSignal): Promise<Connection> {
-    const connection = this.idle.pop();
-    if (connection) {
-      connection.socket.timeout(0);
-      return connection;
-    }
-    return this.open(signal);
+  /** Returns an idle connection, or undefined when there is none. */
+  idleConnection(): Connection | undefined {
+    return this.idle.pop();
   }
 
   /** Puts a connection whose exchange ended cleanly back for the next request. */
@@ -119,7 +116,6 @@ class Pool {
       connection.destroy();
       return;
     }
-    connection.socket.timeout(IDLE_SECONDS);
     this.idle.push(connection);
   }
 
@@ -128,19 +124,40 @@ class Pool {
     if (index !== -1) this.idle.splice(index, 1);
   }
 
-  private async open(signal: AbortSignal): Promise<Connection> {
+  /**
+   * Opens a connection; rejects with UpstreamTimeoutError when `deadline` (a performance.now()
+   * time) passes first, and with the abort reason when the client goes away meanwhile.
+   */
+  async open(init: UpstreamRequestInit, deadline: number): Promise<Connection> {
     const connection = new Connection(this);
     const options = { socket: SOCKET_HANDLERS, data: connection };
-    const connect =
+    const connecting =
       "unix" in this.target
         ? Bun.connect({ unix: this.target.unix, ...options })
         : connectToAny(this.target.host, this.target.port, options);
-    const socket = await connect;
-    if (signal.aborted) {
-      socket.terminate();
-      throw signal.reason;
+    let timer: Timer | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      if (deadline === Infinity) return;
+      const fire = () => reject(new UpstreamTimeoutError(init.timeoutMs));
+      timer = setTimeout(fire, deadline - performance.now());
+    });
+    try {
+      connection.socket = await Promise.race([connecting, expired]);
+    } catch (error) {
+      // A connection that is made after all is closed at once.
+      void connecting.then(
+        (socket) => socket.terminate(),
+        () => {},
+      );
+      throw error;
+    } finally {
+      clearTimeout(timer);
     }
-    connection.socket = socket;
+    connection.socket.timeout(IDLE_SECONDS);
+    if (init.signal.aborted) {
+      connection.destroy();
+      throw init.signal.reason;
+    }
     return connection;
   }
 }
@@ -196,11 +213,17 @@ class Connection {
 
   constructor(private readonly pool: Pool) {}
 
-  /** Sends a request and resolves with the response once its head (or small body) arrived. */
-  send(head: Buffer, init: UpstreamRequestInit): Promise<Response> {
+  /**
+   * Sends a request and resolves with the response once its head (or whole small body) has
+   * arrived, or rejects with UpstreamTimeoutError after `deadline`.
+   */
+  send(head: Buffer, init: UpstreamRequestInit, deadline: number): Promise<Response> {
     return new Promise<Response>((resolve, reject) => {
       const exchange = new Exchange(this, init, this.reused, resolve, reject);
       this.exchange = exchange;
+      if (deadline !== Infinity) {
+        exchange.timer = setTimeout(() => exchange.timeOut(), deadline - performance.now());
+      }
       init.signal.onabort = () => exchange.abort(init.signal.reason);
       if (init.body) {
         void exchange.sendBody(head, init.body);
@@ -255,27 +278,40 @@ class Connection {
     this.onDrained?.();
   }
 
+  /**
+   * The socket was quiet for IDLE_SECONDS: an idle connection is closed, one in use is left
+   * to -upstreamTimeout and the client.
+   */
   idleTimeout(): void {
-    if (!this.exchange) this.destroy();
+    if (this.exchange) this.socket.timeout(IDLE_SECONDS);
+    else this.destroy(true);
   }
 
-  /** Ends the exchange; the connection goes back to the pool when `reusable`, else closes. */
-  finish(reusable: boolean): void {
+  /**
+   * Ends the exchange: the connection goes back to the pool when `reusable`, else it closes,
+   * with a FIN when `graceful`.
+   */
+  finish(reusable: boolean, graceful: boolean): void {
     this.exchange = undefined;
     if (reusable && !this.isClosed && this.unsent === undefined) {
       this.reused = true;
       this.resume();
       this.pool.release(this);
     } else {
-      this.destroy();
+      this.destroy(graceful);
     }
   }
 
-  destroy(): void {
+  /**
+   * Closes the connection: with a FIN when `graceful`, else with a reset, which also drops
+   * what the backend may still send.
+   */
+  destroy(graceful = false): void {
     if (this.isClosed) return;
     this.isClosed = true;
     this.pool.forget(this);
-    this.socket.terminate();
+    if (graceful) this.socket.end();
+    else this.socket.terminate();
     this.onDrained?.();
   }
 
@@ -306,6 +342,8 @@ function malformed(what: string): Error {
 
 /** One request and its response on a connection: the response parser and the body it feeds. */
 class Exchange {
+  /** Fires when -upstreamTimeout passes before the response head arrived. */
+  timer: Timer | undefined;
   private stage = Stage.Head;
   /** Bytes of an unfinished head, chunk-size line or trailer line. */
   private partial: Buffer = EMPTY;
@@ -568,21 +606,23 @@ class Exchange {
       this.settle();
       this.resolve(new Response(buffered ?? null, { status: this.status, headers: this.headers }));
     }
-    this.end(this.reusable);
+    this.end(this.reusable, true);
   }
 
   private settle(): void {
     this.settled = true;
     this.init.signal.onabort = null;
+    clearTimeout(this.timer);
   }
 
-  private end(reusable: boolean): void {
+  /** Ends the exchange; `whole` when the response ended where its framing said. */
+  private end(reusable: boolean, whole = false): void {
     if (this.stage === Stage.Done) return;
     this.stage = Stage.Done;
-    this.init.signal.onabort = null;
     // A backend may answer before it has read the whole request body (a 413, say); the
     // connection then still carries the rest of the upload.
-    this.connection.finish(reusable && (this.requestSent || this.init.body === null));
+    const uploaded = this.requestSent || this.init.body === null;
+    this.connection.finish(reusable && uploaded, whole && uploaded);
   }
 
   /** The connection closed or the response was malformed. */
@@ -614,7 +654,12 @@ class Exchange {
     }
   }
 
-  /** The client went away or -upstreamTimeout passed while waiting for the response. */
+  /** -upstreamTimeout passed before the response head arrived. */
+  timeOut(): void {
+    this.abort(new UpstreamTimeoutError(this.init.timeoutMs));
+  }
+
+  /** The client went away, or -upstreamTimeout passed while waiting for the response. */
   abort(reason: unknown): void {
     const stream = this.stream;
     this.stream = undefined;

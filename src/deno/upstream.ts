@@ -1,4 +1,4 @@
-import type { UpstreamClient, UpstreamTls } from "../upstream.ts";
+import { sendWithDeadline, type UpstreamClient, type UpstreamTls } from "../upstream.ts";
 import { denoApi, type DenoHttpClient } from "./api.ts";
 
 /**
@@ -26,16 +26,18 @@ export function createDenoUpstreamClient(settings: UpstreamTls): UpstreamClient 
   const client = createDenoHttpClient(settings);
   return (url, init) => {
     init.headers.set("accept-encoding", "identity");
-    const sent = fetch(url, {
-      client,
-      method: init.method,
-      headers: init.headers,
-      body: init.body,
-      signal: init.signal,
-      // Hand redirects to the client instead of following them.
-      redirect: "manual",
-      duplex: "half",
-    } as RequestInit);
+    const sent = sendWithDeadline(init, (signal) =>
+      fetch(url, {
+        client,
+        method: init.method,
+        headers: init.headers,
+        body: init.body,
+        signal,
+        // Hand redirects to the client instead of following them.
+        redirect: "manual",
+        duplex: "half",
+      } as RequestInit),
+    );
     // The proxy handler edits the response headers, which are read-only on Deno's Response.
     return sent.then(
       (res) => new Response(res.body, { status: res.status, headers: new Headers(res.headers) }),
