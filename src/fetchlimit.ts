@@ -1,8 +1,9 @@
 /**
  * Bun's fetch runs at most 256 requests at a time per process (BUN_CONFIG_MAX_HTTP_REQUESTS),
- * so request 257 waits while 256 long polls or event streams stay open. Bun reads the variable
- * only when the process starts, so it is set here and the process replaced by a fresh copy of
- * itself with the same arguments.
+ * so request 257 to an https:// backend waits while 256 long polls or event streams stay open.
+ * Bun reads the variable only when the process starts, so it is set here and the process
+ * replaced by a fresh copy of itself with the same arguments. Backends over http:// and Unix
+ * sockets use ssl-proxy's own client (src/http1.ts), which has no such limit.
  */
 const FETCH_LIMIT_VARIABLE = "BUN_CONFIG_MAX_HTTP_REQUESTS";
 /** The maximum that Bun accepts; each request in flight also uses a client connection. */

@@ -1,10 +1,6 @@
 #!/usr/bin/env bun
-import { raiseFetchLimit } from "./fetchlimit.ts";
-
-raiseFetchLimit();
-// Loaded after raiseFetchLimit, which may replace the process before anything else is loaded.
-const { main } = await import("./cli.ts");
-const { UserError } = await import("./errors.ts");
+import { main } from "./cli.ts";
+import { UserError } from "./errors.ts";
 
 try {
   await main(process.argv.slice(2));

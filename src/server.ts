@@ -97,14 +97,19 @@ export async function serveThroughProxy(
 ): Promise<Response | undefined> {
   server.timeout(req, 0);
   const started = performance.now();
+  // Read before the proxy handler strips the hop-by-hop headers from req.
+  const closing = asksToClose(req);
   const res = await proxy(req, {
     ...connection,
     upgradeWebSocket: (url, headers) => proxyWebSocket(req, server, { url, headers, ...options }),
   });
-  if (res && options.hsts) addStrictTransportSecurity(res);
+  if (!res) return res;
+  // Bun.serve 1.4.5 sends "Connection: close" and closes the connection after the response
+  // only when the response carries the header (RFC 9112 section 9.6).
+  if (closing) res.headers.set("connection", "close");
+  if (options.hsts) addStrictTransportSecurity(res);
   const idle = options.idleTimeoutSeconds;
   if (
-    res &&
     idle > 0 &&
     performance.now() - started < idle * 500 &&
     !res.headers.get("content-type")?.startsWith("text/event-stream")
@@ -112,6 +117,12 @@ export async function serveThroughProxy(
     server.timeout(req, idle);
   }
   return res;
+}
+
+/** Tells whether an HTTP/1.1 request carries the "close" connection option. */
+function asksToClose(req: Request): boolean {
+  const options = req.headers.get("connection");
+  return options !== null && /(^|,)\s*close\s*(,|$)/i.test(options);
 }
 
 /**

@@ -59,8 +59,8 @@ const BEHAVIOURS: Record<string, (socket: Socket) => void> = {
   [HANG]: () => {},
 };
 
-// ssl-proxy sends a path that starts with "//" through node:http and every other path through
-// fetch, so each fault is tried with one path of each kind.
+// Some upstream clients send a path that starts with "//" another way (node:http for an
+// https:// backend), so each fault is tried with one path of each kind.
 const PREFIXES = ["/f", "//f"];
 
 function writeThen(socket: Socket, text: string, then: () => void): void {

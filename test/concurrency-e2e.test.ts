@@ -1,21 +1,34 @@
 import { describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
 import { Agent, request } from "node:https";
-import { PROXY_COMMANDS, startProxy } from "./helpers.ts";
+import { join } from "node:path";
+import { createSelfSignedCertificate } from "../src/certs.ts";
+import { PROXY_COMMANDS, makeTempDir, startProxy } from "./helpers.ts";
 
-// Bun's fetch runs 256 requests at a time unless BUN_CONFIG_MAX_HTTP_REQUESTS sets another limit.
+// Bun's fetch, which carries requests to an https:// backend, runs 256 requests at a time
+// unless BUN_CONFIG_MAX_HTTP_REQUESTS sets another limit. http:// backends have their own client.
 const CONCURRENT = 300;
+
+/** TLS settings for a backend over https, and the extra flags that make ssl-proxy trust it. */
+async function backendTls() {
+  const pair = await createSelfSignedCertificate(["127.0.0.1"]);
+  const ca = join(makeTempDir("backend-ca"), "ca.pem");
+  writeFileSync(ca, pair.cert);
+  return { tls: { cert: pair.cert, key: pair.key }, flags: ["-upstreamCA", ca] };
+}
 
 /**
  * Starts a backend that delays every response until `count` requests are open at once, as long
  * polls do, then responds to them all. Behind a proxy that runs fewer at a time, none completes.
  */
-function startGatheringBackend(count: number) {
+function startGatheringBackend(count: number, tls: { cert: string; key: string } | undefined) {
   const gathered = Promise.withResolvers<void>();
   let open = 0;
   const server = Bun.serve({
     hostname: "127.0.0.1",
     port: 0,
     idleTimeout: 60,
+    ...(tls ? { tls } : {}),
     async fetch() {
       open += 1;
       if (open === count) gathered.resolve();
@@ -43,22 +56,29 @@ function get(port: number, agent: Agent): Promise<string> {
 }
 
 describe.each(PROXY_COMMANDS)("concurrency ($name)", (command) => {
-  test(`holds ${CONCURRENT} long requests open at once`, async () => {
-    const backend = startGatheringBackend(CONCURRENT);
-    const proxy = await startProxy(command, ["-to", backend.url]);
-    const agent = new Agent({ keepAlive: true, maxSockets: Infinity });
-    try {
-      const answers = Promise.all(Array.from({ length: CONCURRENT }, () => get(proxy.port, agent)));
-      const outcome = await Promise.race([answers, Bun.sleep(20_000).then(() => "stalled")]);
+  test.each(["http", "https"])(
+    `holds ${CONCURRENT} long requests to an %s backend open at once`,
+    async (scheme) => {
+      const secure = scheme === "https" ? await backendTls() : undefined;
+      const backend = startGatheringBackend(CONCURRENT, secure?.tls);
+      const proxy = await startProxy(command, ["-to", backend.url, ...(secure?.flags ?? [])]);
+      const agent = new Agent({ keepAlive: true, maxSockets: Infinity });
+      try {
+        const answers = Promise.all(
+          Array.from({ length: CONCURRENT }, () => get(proxy.port, agent)),
+        );
+        const outcome = await Promise.race([answers, Bun.sleep(20_000).then(() => "stalled")]);
 
-      expect({ outcome, open: backend.open() }).toEqual({
-        outcome: Array(CONCURRENT).fill("released\n"),
-        open: CONCURRENT,
-      });
-    } finally {
-      agent.destroy();
-      await proxy.stop();
-      backend.stop();
-    }
-  }, 40_000);
+        expect({ outcome, open: backend.open() }).toEqual({
+          outcome: Array(CONCURRENT).fill("released\n"),
+          open: CONCURRENT,
+        });
+      } finally {
+        agent.destroy();
+        await proxy.stop();
+        backend.stop();
+      }
+    },
+    40_000,
+  );
 });

@@ -114,7 +114,8 @@ describe.each(PROXY_COMMANDS)("response framing ($name)", (command) => {
 
   afterAll(() => proxy.stop());
 
-  // fetch carries paths starting with "/x", node:http those starting with "//x".
+  // Some upstream clients send a path that starts with "//" another way (node:http for an
+  // https:// backend), so both kinds of path are tried.
   test.each(["/x", "//x"])(
     "keeps HEAD, 1xx, 204 and 304 answers framed on one connection under %p",
     async (prefix) => {
@@ -147,4 +148,21 @@ describe.each(PROXY_COMMANDS)("response framing ($name)", (command) => {
       expect(responses[5]!.headers).toMatch(/^content-length: 4$/im);
     },
   );
+
+  test("answers Connection: close with the same header and closes the connection", async () => {
+    const socket = await openTls(proxy.port);
+    let received = "";
+    socket.on("data", (chunk) => (received += chunk));
+    socket.write("GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+
+    const closed = await Promise.race([
+      once(socket, "close").then(() => true),
+      Bun.sleep(3_000).then(() => false),
+    ]);
+    socket.destroy();
+
+    expect(received).toStartWith("HTTP/1.1 200 ");
+    expect(received).toMatch(/^connection: close$/im);
+    expect(closed).toBe(true);
+  });
 });
