@@ -12,7 +12,7 @@ interface Seen {
   path: string;
 }
 
-/** Raw answers by path; "{id}" becomes the connection's number. */
+/** Raw responses by path. Other paths get the number of their connection as the body. */
 const ANSWERS: Record<string, string> = {
   "/close-header": "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbye.",
   "/http10": "HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold.",
@@ -107,7 +107,7 @@ describe.each(PROXY_COMMANDS)("backend connection pool ($name)", (command) => {
     };
   }
 
-  /** The number of the backend connection that the next plain request arrives on. */
+  /** Returns the number of the backend connection that the next plain request arrives on. */
   async function nextConnection(): Promise<string> {
     return (await get("/connection")).body;
   }
@@ -118,7 +118,7 @@ describe.each(PROXY_COMMANDS)("backend connection pool ($name)", (command) => {
     expect(await nextConnection()).toBe(first);
   });
 
-  test("sends a GET again on a new connection when a reused one closes unanswered", async () => {
+  test("resends a GET after a stale connection", async () => {
     const pooled = await nextConnection();
     const before = seen.length;
 
@@ -130,7 +130,7 @@ describe.each(PROXY_COMMANDS)("backend connection pool ($name)", (command) => {
     expect(attempts.map((entry) => String(entry.connection))).toEqual([pooled, result.body]);
   });
 
-  test("does not send a POST twice when a reused connection closes unanswered", async () => {
+  test("never resends a POST after a stale connection", async () => {
     await nextConnection();
     const before = seen.length;
 
