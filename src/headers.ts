@@ -44,6 +44,12 @@ export interface ClientConnection {
   upgradeWebSocket?: ((url: string, headers: Headers) => Promise<Response | undefined>) | undefined;
 }
 
+/** Tells whether a comma-separated field value, such as Connection's, lists `option` in any case. */
+export function hasListOption(value: string | null, option: string): boolean {
+  if (!value) return false;
+  return value.split(",").some((item) => item.trim().toLowerCase() === option);
+}
+
 /**
  * Tells whether a request is a WebSocket opening handshake (RFC 6455 section 4.1): a GET with
  * `Upgrade: websocket`, `Connection: upgrade` and a Sec-WebSocket-Key. Any other request with
@@ -54,7 +60,7 @@ export function isWebSocketUpgrade(req: Request): boolean {
   return (
     req.method === "GET" &&
     headers.get("upgrade")?.toLowerCase() === "websocket" &&
-    /(^|,)\s*upgrade\s*(,|$)/i.test(headers.get("connection") ?? "") &&
+    hasListOption(headers.get("connection"), "upgrade") &&
     headers.has("sec-websocket-key")
   );
 }

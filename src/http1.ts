@@ -7,9 +7,11 @@
 // backpressure through socket.pause() and resume().
 import type { Socket, SocketHandler } from "bun";
 import { Buffer } from "node:buffer";
-import { lookup } from "node:dns/promises";
-import { isIP } from "node:net";
+import { formatHostPort } from "./address.ts";
+import { hasListOption } from "./headers.ts";
 import {
+  backendAddresses,
+  connectToFirst,
   IncompleteBodyError,
   invalidStatusError,
   SMALL_BODY_BYTES,
@@ -74,7 +76,9 @@ function requestHead(url: string, init: UpstreamRequestInit, target: Http1Target
   const pathStart = url.indexOf("/", url.indexOf("//") + 2);
   const path = pathStart === -1 ? "/" : url.slice(pathStart);
   // RFC 9110 section 7.2: Host comes first after the request line.
-  const host = init.headers.get("host") ?? ("unix" in target ? "localhost" : hostHeader(target));
+  const host =
+    init.headers.get("host") ??
+    ("unix" in target ? "localhost" : formatHostPort(target.host, target.port));
   let head = `${init.method} ${path} HTTP/1.1\r\nHost: ${host}\r\n`;
   for (const [name, value] of init.headers) {
     if (name !== "host") head += `${name}: ${value}\r\n`;
@@ -82,12 +86,6 @@ function requestHead(url: string, init: UpstreamRequestInit, target: Http1Target
   if (init.body && !init.headers.has("content-length")) head += "transfer-encoding: chunked\r\n";
   // Header values hold one byte per character, as Bun.serve read them.
   return Buffer.from(`${head}\r\n`, "latin1");
-}
-
-function hostHeader(target: { host: string; port: number }): string {
-  return isIP(target.host) === 6
-    ? `[${target.host}]:${target.port}`
-    : `${target.host}:${target.port}`;
 }
 
 const SOCKET_HANDLERS: SocketHandler<Connection> = {
@@ -162,30 +160,15 @@ class Pool {
   }
 }
 
-/**
- * Connects to the first address of `host` that accepts. "localhost" and names under it mean
- * both loopback addresses (RFC 6761 section 6.3), as for Bun's fetch.
- */
+/** Connects to the first address of `host` that accepts, as Bun's fetch does. */
 async function connectToAny(
   host: string,
   port: number,
   options: { socket: SocketHandler<Connection>; data: Connection },
 ): Promise<Socket<Connection>> {
-  const addresses =
-    isIP(host) !== 0
-      ? [host]
-      : host === "localhost" || host.endsWith(".localhost")
-        ? ["::1", "127.0.0.1"]
-        : (await lookup(host, { all: true })).map((entry) => entry.address);
-  let failure: unknown;
-  for (const address of addresses) {
-    try {
-      return await Bun.connect({ hostname: address, port, ...options });
-    } catch (error) {
-      failure = error;
-    }
-  }
-  throw failure;
+  return connectToFirst(await backendAddresses(host), (address) =>
+    Bun.connect({ hostname: address, port, ...options }),
+  );
 }
 
 /** The parser's position in a response. */
@@ -419,14 +402,10 @@ class Exchange {
         case Stage.Head:
           bytes = this.parseHead(bytes);
           break;
-        case Stage.FixedBody: {
-          const take = Math.min(this.remaining, bytes.byteLength);
-          this.remaining -= take;
-          this.deliver(take === bytes.byteLength ? bytes : bytes.subarray(0, take));
-          bytes = bytes.subarray(take);
+        case Stage.FixedBody:
+          bytes = this.takeBody(bytes);
           if (this.remaining === 0) this.complete();
           break;
-        }
         case Stage.ChunkSize: {
           const line = this.takeLine(bytes);
           if (line === undefined) return;
@@ -437,14 +416,10 @@ class Exchange {
           this.stage = this.remaining === 0 ? Stage.Trailers : Stage.ChunkData;
           break;
         }
-        case Stage.ChunkData: {
-          const take = Math.min(this.remaining, bytes.byteLength);
-          this.remaining -= take;
-          this.deliver(take === bytes.byteLength ? bytes : bytes.subarray(0, take));
-          bytes = bytes.subarray(take);
+        case Stage.ChunkData:
+          bytes = this.takeBody(bytes);
           if (this.remaining === 0) this.stage = Stage.ChunkDataEnd;
           break;
-        }
         case Stage.ChunkDataEnd: {
           const line = this.takeLine(bytes);
           if (line === undefined) return;
@@ -470,6 +445,14 @@ class Exchange {
           return;
       }
     }
+  }
+
+  /** Delivers the bytes that belong to the fixed-length body or the current chunk, and returns the rest. */
+  private takeBody(bytes: Buffer): Buffer {
+    const take = Math.min(this.remaining, bytes.byteLength);
+    this.remaining -= take;
+    this.deliver(take === bytes.byteLength ? bytes : bytes.subarray(0, take));
+    return bytes.subarray(take);
   }
 
   /** Splits off one CRLF-ended line, keeping a partial line for the next read. */
@@ -526,14 +509,14 @@ class Exchange {
       } else if (lower === "transfer-encoding") {
         transferEncoding = transferEncoding === undefined ? value : `${transferEncoding}, ${value}`;
       } else if (lower === "connection") {
-        connectionOptions += `,${value.toLowerCase()}`;
+        connectionOptions += `,${value}`;
       }
       headers.append(name, value);
     }
 
     const http10 = statusLine[1] === "0";
-    if (/(^|,)\s*close\s*(,|$)/.test(connectionOptions)) this.reusable = false;
-    else if (http10 && !/(^|,)\s*keep-alive\s*(,|$)/.test(connectionOptions)) this.reusable = false;
+    if (hasListOption(connectionOptions, "close")) this.reusable = false;
+    else if (http10 && !hasListOption(connectionOptions, "keep-alive")) this.reusable = false;
     this.status = status;
     this.headers = headers;
 

@@ -4,6 +4,7 @@ import { createServer } from "node:net";
 import { formatHostPort, type ListenAddress } from "./address.ts";
 import type { CertificateBundle } from "./certs.ts";
 import { UserError } from "./errors.ts";
+import { hasListOption } from "./headers.ts";
 import type { ProxyHandler } from "./proxy.ts";
 import type { UpstreamTls } from "./upstream.ts";
 import { proxyWebSocket, WEBSOCKET_HANDLERS, type WebSocketSession } from "./websocket.ts";
@@ -98,7 +99,7 @@ export async function serveThroughProxy(
   server.timeout(req, 0);
   const started = performance.now();
   // Read before the proxy handler strips the hop-by-hop headers from req.
-  const closing = asksToClose(req);
+  const closing = hasListOption(req.headers.get("connection"), "close");
   const res = await proxy(req, {
     ...connection,
     upgradeWebSocket: (url, headers) => proxyWebSocket(req, server, { url, headers, ...options }),
@@ -117,12 +118,6 @@ export async function serveThroughProxy(
     server.timeout(req, idle);
   }
   return res;
-}
-
-/** Tells whether an HTTP/1.1 request carries the "close" connection option. */
-function asksToClose(req: Request): boolean {
-  const options = req.headers.get("connection");
-  return options !== null && /(^|,)\s*close\s*(,|$)/i.test(options);
 }
 
 /**

@@ -259,32 +259,47 @@ async function sendWithNodeHttp(
 }
 
 /**
- * Connects over TLS to the first address of `host` that accepts. "localhost" and names under
- * it mean both loopback addresses (RFC 6761 section 6.3).
+ * Lists the addresses to try for a backend host, in order. An IP address stands for itself,
+ * and "localhost" and names under it mean both loopback addresses (RFC 6761 section 6.3).
  */
-async function connectToAny(
-  host: string,
-  port: number,
-  tls: ReturnType<typeof upstreamTlsOptions>,
-): Promise<Socket> {
-  const addresses =
-    host === "localhost" || host.endsWith(".localhost")
-      ? ["::1", "127.0.0.1"]
-      : (await lookup(host, { all: true })).map((entry) => entry.address);
+export async function backendAddresses(host: string): Promise<string[]> {
+  if (isIP(host) !== 0) return [host];
+  if (host === "localhost" || host.endsWith(".localhost")) return ["::1", "127.0.0.1"];
+  return (await lookup(host, { all: true })).map((entry) => entry.address);
+}
+
+/** Returns the first connection that `connect` makes to one of `addresses`, or throws the last failure. */
+export async function connectToFirst<T>(
+  addresses: string[],
+  connect: (address: string) => Promise<T>,
+): Promise<T> {
   let failure: unknown;
   for (const address of addresses) {
     try {
-      return await new Promise<Socket>((resolve, reject) => {
-        const socket = connectTls({ host: address, port, servername: host, ...tls }, () =>
-          resolve(socket),
-        );
-        socket.once("error", reject);
-      });
+      return await connect(address);
     } catch (error) {
       failure = error;
     }
   }
   throw failure;
+}
+
+/** Connects over TLS to the first address of `host` that accepts. */
+async function connectToAny(
+  host: string,
+  port: number,
+  tls: ReturnType<typeof upstreamTlsOptions>,
+): Promise<Socket> {
+  return connectToFirst(
+    await backendAddresses(host),
+    (address) =>
+      new Promise<Socket>((resolve, reject) => {
+        const socket = connectTls({ host: address, port, servername: host, ...tls }, () =>
+          resolve(socket),
+        );
+        socket.once("error", reject);
+      }),
+  );
 }
 
 function toResponse(incoming: IncomingMessage, method: string): Response {

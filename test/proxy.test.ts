@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import type { Upstream } from "../src/config.ts";
 import {
+  hasListOption,
   HOP_BY_HOP_HEADERS,
   isWebSocketUpgrade,
   setForwardedHeaders,
@@ -242,6 +243,23 @@ describe("setForwardedHeaders", () => {
     expect(headers.get("x-forwarded-proto")).toBe("https");
     expect(headers.get("x-forwarded-host")).toBe("app.example");
     expect(headers.get("x-forwarded-port")).toBe("4430");
+  });
+});
+
+describe("hasListOption", () => {
+  test.each([
+    ["keep-alive, Close", true],
+    ["close", true],
+    [" upgrade ,close ", true],
+    ["closed", false],
+    ["keep-alive", false],
+    ["", false],
+  ])("finds close in %p: %p", (value, expected) => {
+    expect(hasListOption(value, "close")).toBe(expected);
+  });
+
+  test("finds nothing in a missing header", () => {
+    expect(hasListOption(null, "close")).toBe(false);
   });
 });
 
