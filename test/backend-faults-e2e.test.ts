@@ -1,6 +1,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createServer, type Socket } from "node:net";
-import { PROXY_COMMANDS, findFreePort, run, startProxy, type ProxyProcess } from "./helpers.ts";
+import type { Socket } from "node:net";
+import {
+  PROXY_COMMANDS,
+  findFreePort,
+  run,
+  startProxy,
+  startRawBackend,
+  type ProxyProcess,
+} from "./helpers.ts";
 
 /** Backend behaviours that cut a response after its head and 10 body bytes. */
 const CUT_RESPONSES: Record<string, (socket: Socket) => void> = {
@@ -72,33 +79,20 @@ function slug(name: string): string {
   return name.replace(/[^a-z0-9]+/gi, "-");
 }
 
-let backendPort: number;
-let closeBackend: () => void;
+let backend: Awaited<ReturnType<typeof startRawBackend>>;
 
 beforeAll(async () => {
   const bySlug = new Map(Object.entries(BEHAVIOURS).map(([name, act]) => [slug(name), act]));
-  const sockets = new Set<Socket>();
-  const server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => {});
-    socket.once("data", (data: Buffer) => {
-      const path = data.toString("latin1").split(" ")[1] ?? "/";
-      const act = bySlug.get(path.slice(path.lastIndexOf("/") + 1)) as
-        ((socket: Socket) => void) | undefined;
-      if (act) act(socket);
-      else socket.end("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnext");
-    });
+  backend = await startRawBackend((request, { socket }) => {
+    const path = request.requestLine.split(" ")[1] ?? "/";
+    const act = bySlug.get(path.slice(path.lastIndexOf("/") + 1));
+    if (act) act(socket);
+    else socket.end("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnext");
+    return undefined;
   });
-  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
-  backendPort = (server.address() as { port: number }).port;
-  closeBackend = () => {
-    for (const socket of sockets) socket.destroy();
-    server.close();
-  };
 });
 
-afterAll(() => closeBackend());
+afterAll(() => backend.close());
 
 /** What curl saw for one request through the proxy. */
 interface CurlResult {
@@ -137,7 +131,7 @@ describe.each(PROXY_COMMANDS)("backend faults ($name)", (command) => {
   let proxy: ProxyProcess;
 
   beforeAll(async () => {
-    const to = `http://127.0.0.1:${backendPort}`;
+    const to = `http://127.0.0.1:${backend.port}`;
     proxy = await startProxy(command, ["-to", to, "-upstreamTimeout", "1s"]);
   });
 

@@ -1,6 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createServer, type Socket } from "node:net";
-import { PROXY_COMMANDS, startProxy, type ProxyProcess } from "./helpers.ts";
+import { PROXY_COMMANDS, startProxy, startRawBackend, type ProxyProcess } from "./helpers.ts";
 
 // A backend that sends damaged copies of valid responses on keep-alive connections. After each
 // one, a normal request must still get its own response from a proxy that is still running.
@@ -59,51 +58,30 @@ function damagedResponse(index: number): Buffer {
   return bytes;
 }
 
-let backendPort: number;
-const sockets = new Set<Socket>();
-let closeBackend: () => void;
+let backend: Awaited<ReturnType<typeof startRawBackend>>;
 
 beforeAll(async () => {
-  const server = createServer((socket) => {
-    let buffer = Buffer.alloc(0);
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => {});
-    socket.on("data", (chunk: Buffer) => {
-      buffer = Buffer.concat([buffer, chunk]);
-      for (;;) {
-        const end = buffer.indexOf("\r\n\r\n");
-        if (end === -1) return;
-        const path = buffer.subarray(0, end).toString("latin1").split(" ")[1] ?? "/";
-        buffer = buffer.subarray(end + 4);
-        const damaged = /^\/damaged\/(\d+)$/.exec(path);
-        if (damaged) {
-          socket.write(damagedResponse(Number(damaged[1])));
-          // A response left unfinished would otherwise hold its connection open.
-          setTimeout(() => socket.destroy(), 300);
-        } else {
-          const body = `fine ${path}`;
-          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
-        }
-      }
-    });
+  backend = await startRawBackend((request, { socket }) => {
+    const path = request.requestLine.split(" ")[1] ?? "/";
+    const damaged = /^\/damaged\/(\d+)$/.exec(path);
+    if (!damaged) {
+      const body = `fine ${path}`;
+      return `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+    }
+    // A response left unfinished would otherwise hold its connection open.
+    setTimeout(() => socket.destroy(), 300);
+    return damagedResponse(Number(damaged[1]));
   });
-  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
-  backendPort = (server.address() as { port: number }).port;
-  closeBackend = () => {
-    for (const socket of sockets) socket.destroy();
-    server.close();
-  };
 });
 
-afterAll(() => closeBackend());
+afterAll(() => backend.close());
 
 // The response parser is the same code in the source and the binary, so the source suffices.
 describe.each(PROXY_COMMANDS.slice(0, 1))("damaged backend responses ($name)", (command) => {
   let proxy: ProxyProcess;
 
   beforeAll(async () => {
-    const to = `http://127.0.0.1:${backendPort}`;
+    const to = `http://127.0.0.1:${backend.port}`;
     proxy = await startProxy(command, ["-to", to, "-upstreamTimeout", "1s"]);
   });
 

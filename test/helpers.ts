@@ -245,28 +245,42 @@ export interface RawRequest {
   body: Buffer;
 }
 
+/** The connection that a raw-socket backend received a request on. */
+export interface RawConnection {
+  /** The connection's number, counting from 1 in the order they were accepted. */
+  id: number;
+  /** The number of requests received on this connection, the current one included. */
+  requests: number;
+  socket: Socket;
+}
+
 /**
  * Starts a backend on 127.0.0.1 that parses HTTP/1.1 itself, records each request's exact
- * bytes, and responds with `respond(request)`: a full raw HTTP response.
+ * bytes, and responds with `respond(request, connection)`: a full raw HTTP response, or
+ * undefined when `respond` wrote to or closed the socket itself.
  */
 export async function startRawBackend(
-  respond: (request: RawRequest) => string | Buffer = () =>
+  respond: (request: RawRequest, connection: RawConnection) => string | Buffer | undefined = () =>
     "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
 ) {
   const requests: RawRequest[] = [];
   const sockets = new Set<Socket>();
+  let accepted = 0;
   const server = createServer((socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
+    const connection: RawConnection = { id: ++accepted, requests: 0, socket };
     let buffer = Buffer.alloc(0);
     socket.on("data", (chunk: Buffer) => {
       buffer = Buffer.concat([buffer, chunk]);
-      for (;;) {
+      while (!socket.destroyed) {
         const parsed = parseRawRequest(buffer);
         if (!parsed) break;
         buffer = buffer.subarray(parsed.consumed);
         requests.push(parsed.request);
-        socket.write(respond(parsed.request));
+        connection.requests += 1;
+        const response = respond(parsed.request, connection);
+        if (response !== undefined) socket.write(response);
       }
     });
     socket.on("error", () => {});

@@ -1,6 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createServer, type Socket } from "node:net";
-import { PROXY_COMMANDS, run, startProxy, type ProxyProcess } from "./helpers.ts";
+import { PROXY_COMMANDS, run, startProxy, startRawBackend, type ProxyProcess } from "./helpers.ts";
 
 // A backend on raw sockets that numbers its connections, so that the tests can see which
 // connection of ssl-proxy's pool each request came on.
@@ -27,62 +26,33 @@ const ANSWERS: Record<string, string> = {
   "/control-character": "HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nok",
 };
 
-let backendPort: number;
+let backend: Awaited<ReturnType<typeof startRawBackend>>;
 const seen: Seen[] = [];
-const sockets = new Set<Socket>();
-let closeBackend: () => void;
 
 beforeAll(async () => {
-  let connections = 0;
-  const server = createServer((socket) => {
-    const id = ++connections;
-    let served = 0;
-    let buffer = Buffer.alloc(0);
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => {});
-    socket.on("data", (chunk: Buffer) => {
-      buffer = Buffer.concat([buffer, chunk]);
-      for (;;) {
-        const end = buffer.indexOf("\r\n\r\n");
-        if (end === -1) return;
-        const head = buffer.subarray(0, end).toString("latin1");
-        const length = Number(/^content-length: *(\d+)/im.exec(head)?.[1] ?? 0);
-        if (buffer.byteLength < end + 4 + length) return;
-        buffer = buffer.subarray(end + 4 + length);
-        const [method = "", path = ""] = head.split(" ");
-        seen.push({ connection: id, method, path });
-        served += 1;
-        if (path === "/unanswered-on-reuse" && served > 1) {
-          socket.destroy();
-          return;
-        }
-        if (path === "/until-close") {
-          socket.end("HTTP/1.1 200 OK\r\n\r\nread until the close");
-          return;
-        }
-        const body = String(id);
-        const answer =
-          ANSWERS[path] ?? `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
-        socket.write(answer);
-      }
-    });
+  backend = await startRawBackend((request, connection) => {
+    const [method = "", path = ""] = request.requestLine.split(" ");
+    seen.push({ connection: connection.id, method, path });
+    if (path === "/unanswered-on-reuse" && connection.requests > 1) {
+      connection.socket.destroy();
+      return undefined;
+    }
+    if (path === "/until-close") {
+      connection.socket.end("HTTP/1.1 200 OK\r\n\r\nread until the close");
+      return undefined;
+    }
+    const body = String(connection.id);
+    return ANSWERS[path] ?? `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
   });
-  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
-  backendPort = (server.address() as { port: number }).port;
-  closeBackend = () => {
-    for (const socket of sockets) socket.destroy();
-    server.close();
-  };
 });
 
-afterAll(() => closeBackend());
+afterAll(() => backend.close());
 
 describe.each(PROXY_COMMANDS)("backend connection pool ($name)", (command) => {
   let proxy: ProxyProcess;
 
   beforeAll(async () => {
-    proxy = await startProxy(command, ["-to", `http://127.0.0.1:${backendPort}`]);
+    proxy = await startProxy(command, ["-to", `http://127.0.0.1:${backend.port}`]);
   });
 
   afterAll(() => proxy.stop());
