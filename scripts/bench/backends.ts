@@ -32,6 +32,29 @@ export function createCertificate(dir: string): CertificateFiles {
   return { cert, key };
 }
 
+/**
+ * Builds an nginx.conf with one worker, every path under `root`, and `httpDirectives` inside
+ * its http block after the settings that the backend and the nginx contender share.
+ */
+export function nginxConfig(root: string, httpDirectives: string): string {
+  return `worker_processes 1;
+daemon off;
+user root;
+pid ${root}/nginx.pid;
+error_log ${root}/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path ${root}/body;
+  proxy_temp_path ${root}/proxy;
+  fastcgi_temp_path ${root}/fastcgi;
+  uwsgi_temp_path ${root}/uwsgi;
+  scgi_temp_path ${root}/scgi;
+  keepalive_requests 10000000;
+${httpDirectives}}
+`;
+}
+
 /** A running backend and the port it listens on. */
 export interface Backend {
   port: number;
@@ -48,28 +71,16 @@ export async function startNginxBackend(dir: string, cpus: string | undefined): 
   mkdirSync(join(root, "www"), { recursive: true });
   writeFileSync(join(root, "www/large.bin"), randomBytes(LARGE_FILE_BYTES));
   const port = await findFreePort();
-  const config = `worker_processes 1;
-daemon off;
-user root;
-pid ${root}/nginx.pid;
-error_log ${root}/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path ${root}/body;
-  proxy_temp_path ${root}/proxy;
-  fastcgi_temp_path ${root}/fastcgi;
-  uwsgi_temp_path ${root}/uwsgi;
-  scgi_temp_path ${root}/scgi;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
+  const config = nginxConfig(
+    root,
+    `  keepalive_timeout 300s;
   server {
     listen 127.0.0.1:${port} backlog=4096;
     root ${root}/www;
     location = /small { default_type text/plain; return 200 "${SMALL_BODY.trim()}\\n"; }
   }
-}
-`;
+`,
+  );
   writeFileSync(join(root, "nginx.conf"), config);
   const argv = pinned(cpus, ["nginx", "-p", root, "-c", join(root, "nginx.conf"), "-e", "stderr"]);
   const server = spawnServer("nginx-backend", argv, dir);

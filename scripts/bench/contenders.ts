@@ -2,7 +2,7 @@
 // backend reached directly over plain HTTP as the baseline.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { CertificateFiles } from "./backends.ts";
+import { nginxConfig, type CertificateFiles } from "./backends.ts";
 import { spawnServer, waitForOk, type ServerProcess } from "./processes.ts";
 import { findFreePort, pinned, processTree } from "./system.ts";
 
@@ -104,21 +104,9 @@ const CONTENDER_COMMANDS: Record<
  * upgrades pass. It sets the same forwarding headers as ssl-proxy.
  */
 function nginxProxyConfig(root: string, port: number, options: StartOptions): string {
-  return `worker_processes 1;
-daemon off;
-user root;
-pid ${root}/nginx.pid;
-error_log ${root}/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path ${root}/body;
-  proxy_temp_path ${root}/proxy;
-  fastcgi_temp_path ${root}/fastcgi;
-  uwsgi_temp_path ${root}/uwsgi;
-  scgi_temp_path ${root}/scgi;
-  keepalive_requests 10000000;
-  map $http_upgrade $connection_upgrade { default upgrade; "" ""; }
+  return nginxConfig(
+    root,
+    `  map $http_upgrade $connection_upgrade { default upgrade; "" ""; }
   upstream backend {
     server 127.0.0.1:${options.backendPort};
     keepalive 256;
@@ -145,8 +133,8 @@ http {
       proxy_read_timeout 300s;
     }
   }
-}
-`;
+`,
+  );
 }
 
 /**
