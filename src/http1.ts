@@ -32,7 +32,10 @@ const MAX_CHUNK_LINE_BYTES = 8 * 1024;
 /** Most idle keep-alive connections kept open to the backend. More are closed. */
 const MAX_IDLE_CONNECTIONS = 512;
 
-/** Seconds an idle connection stays in the pool before it is closed. */
+/**
+ * Seconds an idle connection stays in the pool before it is closed. NOTE: a chosen value, not
+ * tuned against backends; one that closes idle connections sooner only costs a reconnect.
+ */
 const IDLE_SECONDS = 30;
 
 /** Bytes of a streamed body held for a slow client before reading from the backend pauses. */
@@ -319,8 +322,9 @@ function endOfStream(): Error {
   });
 }
 
-function malformed(what: string): Error {
-  return Object.assign(new Error(`the app sent ${what}`), { code: "ERR_INVALID_RESPONSE" });
+/** Creates the error for a response that breaks HTTP/1.1's rules, described by `description`. */
+function malformed(description: string): Error {
+  return Object.assign(new Error(`the app sent ${description}`), { code: "ERR_INVALID_RESPONSE" });
 }
 
 /** One request and its response on a connection: the response parser and the body it feeds. */

@@ -136,7 +136,7 @@ describe.each(PROXY_COMMANDS)("backend connection pool ($name)", (command) => {
     expect(await nextConnection()).toBe(String(afterwards));
   });
 
-  test.each(["/folded-header", "/control-character"])("answers 502 for %s", async (path) => {
+  test.each(["/folded-header", "/control-character"])("responds 502 to %s", async (path) => {
     const result = await get(path);
 
     expect(result.status).toBe(502);
