@@ -1,5 +1,6 @@
 import type { Server } from "bun";
 import type { ConsolaInstance } from "consola";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { formatHostPort, type ListenAddress } from "./address.ts";
 import type { CertificateBundle } from "./certs.ts";
@@ -160,12 +161,19 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
   const port = first.port!;
   let server: Server<WebSocketSession> | undefined = first;
   const retired = new Set<Server<WebSocketSession>>();
+  let warnedOfResets = false;
   // stop(false) stops accepting at once; connections already open finish on the old
   // certificate, however long they last, so nothing waits for them here.
   const retire = (previous: Server<WebSocketSession> | undefined) => {
     if (!previous) return;
     retired.add(previous);
     void previous.stop(false).then(() => retired.delete(previous));
+    if (!warnedOfResets && resetsQueuedConnections()) {
+      warnedOfResets = true;
+      log.warn(
+        `new connections queued on the old listener when it closed may have been reset (run "sysctl -w ${MIGRATE_SETTING}=1" to pass them to the new listener)`,
+      );
+    }
   };
   return {
     port,
@@ -187,6 +195,22 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
       return stopGracefully(open, graceMs, log);
     },
   };
+}
+
+/** The Linux setting that passes a closing reuse-port listener's queued connections to another. */
+export const MIGRATE_SETTING = "net.ipv4.tcp_migrate_req";
+
+/**
+ * Tells whether closing a listener resets the connections still waiting in its accept queue,
+ * as Linux does while tcp_migrate_req is 0 (Linux 5.14 added the setting). False elsewhere.
+ */
+export function resetsQueuedConnections(): boolean {
+  try {
+    const path = `/proc/sys/${MIGRATE_SETTING.replaceAll(".", "/")}`;
+    return readFileSync(path, "utf8").trim() === "0";
+  } catch {
+    return false;
+  }
 }
 
 /** Binds a plain-HTTP listener (Bun.serve without TLS) that serves `handler`. */
