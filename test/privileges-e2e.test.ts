@@ -89,7 +89,12 @@ rootOnly("started as root ($name)", (command) => {
 
       expect(processStatus(proxy.proc.pid, "Uid").split(/\s+/)[1]).toBe(`${NOBODY}`);
       expect(await servedFingerprint(443)).not.toBe(before);
-      expect(proxy.stderr()).toBe("");
+      // The swap may warn about Linux's tcp_migrate_req setting, and nothing else.
+      const otherLines = proxy
+        .stderr()
+        .split("\n")
+        .filter((line) => line !== "" && !line.includes("net.ipv4.tcp_migrate_req"));
+      expect(otherLines).toEqual([]);
     } finally {
       await proxy.stop();
     }
