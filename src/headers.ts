@@ -13,6 +13,8 @@ export const HOP_BY_HOP_HEADERS = [
   "upgrade",
 ] as const;
 
+const HOP_BY_HOP: ReadonlySet<string> = new Set(HOP_BY_HOP_HEADERS);
+
 /** An RFC 9110 section 5.6.2 token, the syntax of a header name and of a Connection option. */
 const TOKEN_PATTERN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
@@ -22,13 +24,21 @@ const TOKEN_PATTERN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
  */
 export function stripHopByHopHeaders(headers: Headers): void {
   const connection = headers.get("connection");
-  if (connection) {
-    for (const token of connection.split(",")) {
-      const name = token.trim();
-      if (TOKEN_PATTERN.test(name)) headers.delete(name);
-    }
-  }
+  if (connection) removeNamedHeaders(headers, connection);
   for (const name of HOP_BY_HOP_HEADERS) headers.delete(name);
+}
+
+/** Tells whether `name`, in lower case, is one of HOP_BY_HOP_HEADERS. */
+export function isHopByHopHeader(name: string): boolean {
+  return HOP_BY_HOP.has(name);
+}
+
+/** Removes the headers that the Connection options in `options` name, except hop-by-hop ones. */
+export function removeNamedHeaders(headers: Headers, options: string): void {
+  for (const option of options.split(",")) {
+    const name = option.trim().toLowerCase();
+    if (TOKEN_PATTERN.test(name) && !HOP_BY_HOP.has(name)) headers.delete(name);
+  }
 }
 
 /** Facts about the connection a request came in on. */
@@ -66,20 +76,51 @@ export function isWebSocketUpgrade(req: Request): boolean {
 }
 
 /**
- * Sets the de facto forwarding headers: appends the client to X-Forwarded-For and sets
- * X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-Port from this connection, replacing
- * any values the client sent for those three.
+ * Calls `add` with each header the backend gets, in one pass over the client's `headers` (names
+ * in lower case): all of them but the hop-by-hop ones, those named in Connection, Expect (the
+ * front end has already sent "100 Continue" itself) and the client's X-Forwarded-* headers.
+ * Then come the de facto forwarding headers: X-Forwarded-For with the client appended, and
+ * X-Forwarded-Proto, -Host and -Port of this connection.
  */
-export function setForwardedHeaders(
+export function forEachForwardedHeader(
   headers: Headers,
   host: string,
   client: ClientConnection,
+  add: (name: string, value: string) => void,
 ): void {
-  if (client.address !== undefined) {
-    const prior = headers.get("x-forwarded-for");
-    headers.set("x-forwarded-for", prior ? `${prior}, ${client.address}` : client.address);
+  const connection = headers.get("connection");
+  const named = connection
+    ? connection
+        .toLowerCase()
+        .split(",")
+        .map((name) => name.trim())
+    : [];
+  let forwardedFor: string | null = null;
+  for (const [name, value] of headers) {
+    if (isHopByHopHeader(name) || (named.length > 0 && named.includes(name))) continue;
+    switch (name) {
+      case "expect":
+      case "x-forwarded-proto":
+      case "x-forwarded-host":
+      case "x-forwarded-port":
+        break;
+      case "x-forwarded-for":
+        forwardedFor = value;
+        break;
+      case "content-length":
+        // Bun.serve joins two equal Content-Length headers into "3, 3", which fetch rejects.
+        add(name, value.includes(",") ? value.split(",")[0]!.trim() : value);
+        break;
+      default:
+        add(name, value);
+    }
   }
-  headers.set("x-forwarded-proto", "https");
-  headers.set("x-forwarded-host", host);
-  headers.set("x-forwarded-port", String(client.localPort));
+  if (client.address !== undefined) {
+    add("x-forwarded-for", forwardedFor ? `${forwardedFor}, ${client.address}` : client.address);
+  } else if (forwardedFor !== null) {
+    add("x-forwarded-for", forwardedFor);
+  }
+  add("x-forwarded-proto", "https");
+  add("x-forwarded-host", host);
+  add("x-forwarded-port", String(client.localPort));
 }

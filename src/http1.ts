@@ -8,7 +8,7 @@
 import type { Socket, SocketHandler } from "bun";
 import { Buffer } from "node:buffer";
 import { formatHostPort } from "./address.ts";
-import { hasListOption } from "./headers.ts";
+import { hasListOption, isHopByHopHeader, removeNamedHeaders } from "./headers.ts";
 import {
   backendAddresses,
   connectToFirst,
@@ -55,14 +55,14 @@ const STATUS_LINE_PATTERN = /^HTTP\/1\.([01]) (\d{3})(?: [^\r\n]*)?$/;
 export function createHttp1Client(target: Http1Target): UpstreamClient {
   const pool = new Pool(target);
   return async (url, init) => {
-    const head = requestHead(url, init, target);
+    const { head, chunked } = requestHead(url, init, target);
     const deadline = init.timeoutMs > 0 ? performance.now() + init.timeoutMs : Infinity;
     // A pooled connection may have been closed by the backend just as the request went out.
     // A request without a body is then sent once more on a new connection.
     for (let attempt = 0; ; attempt++) {
       const connection = pool.idleConnection() ?? (await pool.open(init, deadline));
       try {
-        return await connection.send(head, init, deadline);
+        return await connection.send(head, chunked, init, deadline);
       } catch (error) {
         if (!(error instanceof StaleConnectionError) || attempt > 0 || init.signal.aborted) {
           throw error instanceof StaleConnectionError ? error.cause : error;
@@ -75,20 +75,35 @@ export function createHttp1Client(target: Http1Target): UpstreamClient {
 /** Raised when a reused connection closed before any byte of the response arrived. */
 class StaleConnectionError extends Error {}
 
-function requestHead(url: string, init: UpstreamRequestInit, target: Http1Target): Buffer {
+/**
+ * Builds the request head. `chunked` is true when the body has no Content-Length and is then
+ * sent with chunked framing.
+ */
+function requestHead(
+  url: string,
+  init: UpstreamRequestInit,
+  target: Http1Target,
+): { head: Buffer; chunked: boolean } {
   const pathStart = url.indexOf("/", url.indexOf("//") + 2);
   const path = pathStart === -1 ? "/" : url.slice(pathStart);
-  // RFC 9110 section 7.2: Host comes first after the request line.
-  const host =
-    init.headers.get("host") ??
-    ("unix" in target ? "localhost" : formatHostPort(target.host, target.port));
-  let head = `${init.method} ${path} HTTP/1.1\r\nHost: ${host}\r\n`;
-  for (const [name, value] of init.headers) {
-    if (name !== "host") head += `${name}: ${value}\r\n`;
-  }
-  if (init.body && !init.headers.has("content-length")) head += "transfer-encoding: chunked\r\n";
-  // Header values hold one byte per character, as Bun.serve read them.
-  return Buffer.from(`${head}\r\n`, "latin1");
+  let host: string | undefined;
+  let fields = "";
+  let length = false;
+  init.forEachHeader((name, value) => {
+    if (name === "host") {
+      host = value;
+      return;
+    }
+    if (name === "content-length") length = true;
+    fields += `${name}: ${value}\r\n`;
+  });
+  host ??= "unix" in target ? "localhost" : formatHostPort(target.host, target.port);
+  const chunked = init.body !== null && !length;
+  if (chunked) fields += "transfer-encoding: chunked\r\n";
+  // RFC 9110 section 7.2: Host comes first after the request line. Header values hold one
+  // byte per character, as Bun.serve read them.
+  const head = `${init.method} ${path} HTTP/1.1\r\nHost: ${host}\r\n${fields}\r\n`;
+  return { head: Buffer.from(head, "latin1"), chunked };
 }
 
 const SOCKET_HANDLERS: SocketHandler<Connection> = {
@@ -203,7 +218,12 @@ class Connection {
    * Sends a request and resolves with the response once its head (or whole small body) has
    * arrived, or rejects with UpstreamTimeoutError after `deadline`.
    */
-  send(head: Buffer, init: UpstreamRequestInit, deadline: number): Promise<Response> {
+  send(
+    head: Buffer,
+    chunked: boolean,
+    init: UpstreamRequestInit,
+    deadline: number,
+  ): Promise<Response> {
     return new Promise<Response>((resolve, reject) => {
       const exchange = new Exchange(this, init, this.reused, resolve, reject);
       this.exchange = exchange;
@@ -212,7 +232,7 @@ class Connection {
       }
       init.signal.onabort = () => exchange.abort(init.signal.reason);
       if (init.body) {
-        void exchange.sendBody(head, init.body);
+        void exchange.sendBody(head, init.body, chunked);
       } else if (!this.write(head) && this.isClosed) {
         exchange.fail(new Error("the connection to the app closed"));
       }
@@ -356,8 +376,7 @@ class Exchange {
   ) {}
 
   /** Writes the head, then the request body, framed as chunked when it has no Content-Length. */
-  async sendBody(head: Buffer, body: ReadableStream<Uint8Array>): Promise<void> {
-    const chunked = !this.init.headers.has("content-length");
+  async sendBody(head: Buffer, body: ReadableStream<Uint8Array>, chunked: boolean): Promise<void> {
     const reader = body.getReader();
     const { connection } = this;
     try {
@@ -515,8 +534,10 @@ class Exchange {
       } else if (lower === "connection") {
         connectionOptions += `,${value}`;
       }
-      headers.append(name, value);
+      if (!isHopByHopHeader(lower)) headers.append(name, value);
     }
+    // Connection may come after the headers it names, which are hop-by-hop too.
+    if (connectionOptions !== "") removeNamedHeaders(headers, connectionOptions);
 
     const http10 = statusLine[1] === "0";
     if (hasListOption(connectionOptions, "close")) this.reusable = false;

@@ -1,18 +1,17 @@
 import type { ConsolaInstance } from "consola";
 import { describeUpstream, type Upstream } from "./config.ts";
+import { forEachForwardedHeader, isWebSocketUpgrade, type ClientConnection } from "./headers.ts";
 import {
-  isWebSocketUpgrade,
-  setForwardedHeaders,
-  stripHopByHopHeaders,
-  type ClientConnection,
-} from "./headers.ts";
-import { IncompleteBodyError, UpstreamTimeoutError, type UpstreamClient } from "./upstream.ts";
+  collectHeaders,
+  IncompleteBodyError,
+  UpstreamTimeoutError,
+  type UpstreamClient,
+} from "./upstream.ts";
 
 /**
  * A runtime-neutral request handler: a web Request in, a Response out, or undefined when the
- * connection became a WebSocket through `client.upgradeWebSocket`. The handler edits in place
- * the headers of the request and of the response the upstream client returns. So both must be
- * writable, as Bun's are, and the Deno adapter passes copies.
+ * connection became a WebSocket through `client.upgradeWebSocket`. The request is only read.
+ * The response is the upstream client's, whose headers the caller may edit.
  */
 export type ProxyHandler = (
   req: Request,
@@ -40,20 +39,18 @@ export function createProxyHandler(options: ProxyOptions): ProxyHandler {
     const target = requestTarget(req.url);
     const url = joinUpstreamURL(upstream, target);
 
-    // Bun.serve lets a handler edit req.headers, which saves a copy per request. A WebSocket
-    // upgrade reads the client's Upgrade and Connection headers from req, so it gets a copy.
-    const webSocket = connection.upgradeWebSocket !== undefined && isWebSocketUpgrade(req);
-    const headers = webSocket ? new Headers(req.headers) : req.headers;
-    stripHopByHopHeaders(headers);
-    normalizeRequestHeaders(headers);
-    setForwardedHeaders(headers, host, connection);
-    if (webSocket) return connection.upgradeWebSocket!(url, headers);
+    // The headers to send are produced from req.headers when the client writes them, in one
+    // pass. Editing req.headers first cost about 5 % of the keep-alive rate in `npm run bench`.
+    const forEachHeader = (add: (name: string, value: string) => void) =>
+      forEachForwardedHeader(req.headers, host, connection, add);
+    if (connection.upgradeWebSocket !== undefined && isWebSocketUpgrade(req)) {
+      return connection.upgradeWebSocket(url, collectHeaders(forEachHeader));
+    }
 
-    let res: Response;
     try {
-      res = await client(url, {
+      return await client(url, {
         method: req.method,
-        headers,
+        forEachHeader,
         body: req.method === "GET" || req.method === "HEAD" ? null : req.body,
         signal: req.signal,
         timeoutMs: upstreamTimeoutMs,
@@ -62,10 +59,6 @@ export function createProxyHandler(options: ProxyOptions): ProxyHandler {
     } catch (error) {
       return failureResponse(error, { req, target, upstream, log });
     }
-
-    // The upstream clients return responses with editable headers, so no copy is made here.
-    stripHopByHopHeaders(res.headers);
-    return res;
   };
 }
 
@@ -99,14 +92,6 @@ export function joinUpstreamURL(upstream: Upstream, target: string): string {
       ? upstream.baseQuery + query
       : `${upstream.baseQuery}&${query}`;
   return upstream.origin + joinedPath + (joinedQuery === "" ? "" : `?${joinedQuery}`);
-}
-
-function normalizeRequestHeaders(headers: Headers): void {
-  // The front end has already sent "100 Continue" itself, so the backend must not wait for one.
-  headers.delete("expect");
-  // Bun.serve merges two identical Content-Length headers into "3, 3", which fetch rejects.
-  const length = headers.get("content-length");
-  if (length?.includes(",")) headers.set("content-length", length.split(",")[0]!.trim());
 }
 
 interface FailureContext {

@@ -99,7 +99,6 @@ export async function serveThroughProxy(
 ): Promise<Response | undefined> {
   server.timeout(req, 0);
   const started = performance.now();
-  // Read before the proxy handler strips the hop-by-hop headers from req.
   const closing = hasListOption(req.headers.get("connection"), "close");
   const res = await proxy(req, {
     ...connection,

@@ -4,12 +4,17 @@ import { request as httpsRequest } from "node:https";
 import { isIP, type Socket } from "node:net";
 import { Readable } from "node:stream";
 import { connect as connectTls, rootCertificates } from "node:tls";
+import { stripHopByHopHeaders } from "./headers.ts";
 import { createHttp1Client } from "./http1.ts";
 
 /** The request fields the proxy passes to the upstream client, as in fetch's RequestInit. */
 export interface UpstreamRequestInit {
   method: string;
-  headers: Headers;
+  /**
+   * Calls `add` with each header to send, names in lower case. The headers are produced on
+   * each call, from the client's request (forEachForwardedHeader), so no copy is kept.
+   */
+  forEachHeader: (add: (name: string, value: string) => void) => void;
   body: ReadableStream<Uint8Array> | null;
   /** The client's signal, which aborts when the client goes away. */
   signal: AbortSignal;
@@ -76,8 +81,18 @@ export class IncompleteBodyError extends Error {
   }
 }
 
-/** Sends one request to the backend and resolves with its response head and streaming body. */
+/**
+ * Sends one request to the backend and resolves with its response head and streaming body. The
+ * response's headers are editable and contain no hop-by-hop fields.
+ */
 export type UpstreamClient = (url: string, init: UpstreamRequestInit) => Promise<Response>;
+
+/** Collects the headers that `forEachHeader` produces into a Headers object. */
+export function collectHeaders(forEachHeader: UpstreamRequestInit["forEachHeader"]): Headers {
+  const headers = new Headers();
+  forEachHeader((name, value) => headers.append(name, value));
+  return headers;
+}
 
 /** Certificate checking for an https:// backend. */
 export interface UpstreamTls {
@@ -125,7 +140,7 @@ export function createUpstreamClient(
         : fetch(url, {
             tls,
             method: init.method,
-            headers: init.headers,
+            headers: collectHeaders(init.forEachHeader),
             body: init.body,
             signal,
             // Hand redirects to the client instead of following them.
@@ -134,7 +149,10 @@ export function createUpstreamClient(
             decompress: false,
             duplex: "half",
           } as RequestInit).then(rejectInvalidStatus),
-    ).then((res) => readSmallBody(res) ?? watchBody(res, init.onBrokenBody));
+    ).then((res) => {
+      stripHopByHopHeaders(res.headers);
+      return readSmallBody(res) ?? watchBody(res, init.onBrokenBody);
+    });
 }
 
 /**
@@ -232,7 +250,7 @@ async function sendWithNodeHttp(
         port,
         method: init.method,
         path: url.slice(pathStart),
-        headers: Object.fromEntries(init.headers),
+        headers: Object.fromEntries(collectHeaders(init.forEachHeader)),
         signal: init.signal,
         ...(socket ? { createConnection: () => socket } : {}),
         ca: options.ca,

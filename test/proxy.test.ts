@@ -3,9 +3,10 @@ import type { Upstream } from "../src/config.ts";
 import {
   hasListOption,
   HOP_BY_HOP_HEADERS,
+  forEachForwardedHeader,
   isWebSocketUpgrade,
-  setForwardedHeaders,
   stripHopByHopHeaders,
+  type ClientConnection,
 } from "../src/headers.ts";
 import { joinUpstreamURL, requestTarget } from "../src/proxy.ts";
 
@@ -194,41 +195,46 @@ describe("stripHopByHopHeaders", () => {
   });
 });
 
-describe("setForwardedHeaders", () => {
+/** Returns the headers that forEachForwardedHeader produces, as name and value pairs. */
+function forwarded(headers: Headers, host: string, client: ClientConnection): string[][] {
+  const pairs: string[][] = [];
+  forEachForwardedHeader(headers, host, client, (name, value) => pairs.push([name, value]));
+  return pairs;
+}
+
+describe("forEachForwardedHeader", () => {
   const client = { address: "127.0.0.1", localPort: 4430 };
+  const value = (pairs: string[][], name: string) =>
+    pairs.filter(([key]) => key === name).map(([, text]) => text);
 
   test("appends client to X-Forwarded-For", () => {
     const headers = new Headers({ "x-forwarded-for": "10.1.2.3" });
 
-    setForwardedHeaders(headers, "app.example", client);
+    const pairs = forwarded(headers, "app.example", client);
 
-    expect(headers.get("x-forwarded-for")).toBe("10.1.2.3, 127.0.0.1");
+    expect(value(pairs, "x-forwarded-for")).toEqual(["10.1.2.3, 127.0.0.1"]);
   });
 
   test("starts X-Forwarded-For with client", () => {
-    const headers = new Headers();
+    const pairs = forwarded(new Headers(), "app.example", client);
 
-    setForwardedHeaders(headers, "app.example", client);
-
-    expect(headers.get("x-forwarded-for")).toBe("127.0.0.1");
+    expect(value(pairs, "x-forwarded-for")).toEqual(["127.0.0.1"]);
   });
 
   test("keeps X-Forwarded-For without address", () => {
     const headers = new Headers({ "x-forwarded-for": "10.1.2.3" });
 
-    setForwardedHeaders(headers, "app.example", { address: undefined, localPort: 4430 });
+    const pairs = forwarded(headers, "app.example", { address: undefined, localPort: 4430 });
 
-    expect(headers.get("x-forwarded-for")).toBe("10.1.2.3");
+    expect(value(pairs, "x-forwarded-for")).toEqual(["10.1.2.3"]);
   });
 
   test("sets proto, host and port", () => {
-    const headers = new Headers();
+    const pairs = forwarded(new Headers(), "app.example:8443", client);
 
-    setForwardedHeaders(headers, "app.example:8443", client);
-
-    expect(headers.get("x-forwarded-proto")).toBe("https");
-    expect(headers.get("x-forwarded-host")).toBe("app.example:8443");
-    expect(headers.get("x-forwarded-port")).toBe("4430");
+    expect(value(pairs, "x-forwarded-proto")).toEqual(["https"]);
+    expect(value(pairs, "x-forwarded-host")).toEqual(["app.example:8443"]);
+    expect(value(pairs, "x-forwarded-port")).toEqual(["4430"]);
   });
 
   test("replaces client-sent proto, host and port", () => {
@@ -238,11 +244,52 @@ describe("setForwardedHeaders", () => {
       "x-forwarded-port": "1",
     });
 
-    setForwardedHeaders(headers, "app.example", client);
+    const pairs = forwarded(headers, "app.example", client);
 
-    expect(headers.get("x-forwarded-proto")).toBe("https");
-    expect(headers.get("x-forwarded-host")).toBe("app.example");
-    expect(headers.get("x-forwarded-port")).toBe("4430");
+    expect(value(pairs, "x-forwarded-proto")).toEqual(["https"]);
+    expect(value(pairs, "x-forwarded-host")).toEqual(["app.example"]);
+    expect(value(pairs, "x-forwarded-port")).toEqual(["4430"]);
+  });
+
+  test("drops hop-by-hop headers and Expect", () => {
+    const headers = new Headers({ expect: "100-continue", "x-kept": "yes" });
+    for (const name of HOP_BY_HOP_HEADERS) headers.set(name, "1");
+
+    const names = forwarded(headers, "app.example", client).map(([name]) => name);
+
+    expect(names).toEqual([
+      "x-kept",
+      "x-forwarded-for",
+      "x-forwarded-proto",
+      "x-forwarded-host",
+      "x-forwarded-port",
+    ]);
+  });
+
+  test("drops headers named in Connection", () => {
+    const headers = new Headers({
+      connection: "X-Secret ,x-other,, keep-alive, X-Forwarded-For",
+      "x-secret": "1",
+      "x-other": "2",
+      "x-forwarded-for": "10.1.2.3",
+      host: "app.example",
+    });
+
+    const pairs = forwarded(headers, "app.example", client);
+
+    expect(pairs.slice(0, 2)).toEqual([
+      ["host", "app.example"],
+      ["x-forwarded-for", "127.0.0.1"],
+    ]);
+  });
+
+  test("keeps one of two equal Content-Lengths", () => {
+    // Bun.serve passes two "Content-Length: 3" lines on as "3, 3".
+    const headers = new Headers({ "content-length": "3, 3" });
+
+    const pairs = forwarded(headers, "app.example", client);
+
+    expect(value(pairs, "content-length")).toEqual(["3"]);
   });
 });
 

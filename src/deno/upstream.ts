@@ -1,4 +1,10 @@
-import { sendWithDeadline, type UpstreamClient, type UpstreamTls } from "../upstream.ts";
+import { stripHopByHopHeaders } from "../headers.ts";
+import {
+  collectHeaders,
+  sendWithDeadline,
+  type UpstreamClient,
+  type UpstreamTls,
+} from "../upstream.ts";
 import { denoApi, type DenoHttpClient } from "./api.ts";
 
 /**
@@ -25,12 +31,13 @@ export function createDenoHttpClient(settings: UpstreamTls): DenoHttpClient {
 export function createDenoUpstreamClient(settings: UpstreamTls): UpstreamClient {
   const client = createDenoHttpClient(settings);
   return (url, init) => {
-    init.headers.set("accept-encoding", "identity");
+    const headers = collectHeaders(init.forEachHeader);
+    headers.set("accept-encoding", "identity");
     const sent = sendWithDeadline(init, (signal) =>
       fetch(url, {
         client,
         method: init.method,
-        headers: init.headers,
+        headers,
         body: init.body,
         signal,
         // Hand redirects to the client instead of following them.
@@ -38,9 +45,14 @@ export function createDenoUpstreamClient(settings: UpstreamTls): UpstreamClient 
         duplex: "half",
       } as RequestInit),
     );
-    // The proxy handler edits the response headers, which are read-only on Deno's Response.
+    // The response headers are edited on their way to the client, and are read-only on
+    // Deno's Response.
     return sent.then(
-      (res) => new Response(res.body, { status: res.status, headers: new Headers(res.headers) }),
+      (res) => {
+        const copy = new Headers(res.headers);
+        stripHopByHopHeaders(copy);
+        return new Response(res.body, { status: res.status, headers: copy });
+      },
       (error: unknown) => {
         throw toConnectError(error);
       },
