@@ -65,15 +65,15 @@ export async function startDenoHttpsListener(options: HttpsOptions): Promise<Htt
 }
 
 /**
- * Returns `req` with headers that the proxy handler may edit, as it does under Bun, and with a
- * Host header. An HTTP/2 request has none in Deno.serve, which keeps the :authority
- * pseudo-header only in `req.url`, so the Host is taken from there.
+ * Returns `req` with a Host header. An HTTP/2 request has none in Deno.serve, which keeps the
+ * :authority pseudo-header only in `req.url`, so the Host is taken from there.
  */
 function withHostHeader(req: Request): Request {
+  if (req.headers.has("host")) return req;
   const headers = new Headers(req.headers);
   // NOTE: Deno.serve fills in "localhost:<port>" as the URL of an HTTP/1.x request without
   // Host, so such a request reaches the backend with that Host where Bun.serve's gets 400.
-  if (!headers.has("host")) headers.set("host", new URL(req.url).host);
+  headers.set("host", new URL(req.url).host);
   return new Request(req, { headers });
 }
 
