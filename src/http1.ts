@@ -20,8 +20,18 @@ import {
   type UpstreamRequestInit,
 } from "./upstream.ts";
 
-/** The backend's address: a TCP host and port, or a Unix socket. */
-export type Http1Target = { host: string; port: number } | { unix: string };
+/** The backend's address: a TCP host and port, with TLS for https://, or a Unix socket. */
+export type Http1Target = { host: string; port: number; tls?: Http1Tls } | { unix: string };
+
+/** TLS settings for an https:// backend, as Bun.connect takes them. */
+export interface Http1Tls {
+  /** The name sent in SNI and checked in the certificate; left out for an IP address. */
+  serverName?: string;
+  /** The roots trusted, when not Bun's own. */
+  ca?: string[];
+  /** Whether a certificate that fails the check closes the connection. */
+  rejectUnauthorized: boolean;
+}
 
 /** Largest response head accepted. A bigger one gets a 502. */
 const MAX_HEAD_BYTES = 1024 * 1024;
@@ -108,6 +118,7 @@ function requestHead(
 
 const SOCKET_HANDLERS: SocketHandler<Connection> = {
   data: (socket, bytes) => socket.data.receive(bytes),
+  handshake: (socket, success, error) => socket.data.handshake(success, error),
   drain: (socket) => socket.data.drain(),
   end: (socket) => socket.data.closed(undefined),
   close: (socket, error) => socket.data.closed(error),
@@ -118,8 +129,12 @@ const SOCKET_HANDLERS: SocketHandler<Connection> = {
 /** The idle connections to one backend, and the way to open new ones. */
 class Pool {
   private readonly idle: Connection[] = [];
+  /** Whether a certificate that fails the check is accepted, with -upstreamInsecure. */
+  readonly acceptsAnyCertificate: boolean;
 
-  constructor(private readonly target: Http1Target) {}
+  constructor(private readonly target: Http1Target) {
+    this.acceptsAnyCertificate = "tls" in target && target.tls?.rejectUnauthorized === false;
+  }
 
   /** Returns an idle connection, or undefined when there is none. */
   idleConnection(): Connection | undefined {
@@ -147,10 +162,14 @@ class Pool {
   async open(init: UpstreamRequestInit, deadline: number): Promise<Connection> {
     const connection = new Connection(this);
     const options = { socket: SOCKET_HANDLERS, data: connection };
+    const { target } = this;
     const connecting =
-      "unix" in this.target
-        ? Bun.connect({ unix: this.target.unix, ...options })
-        : connectToAny(this.target.host, this.target.port, options);
+      "unix" in target
+        ? Bun.connect({ unix: target.unix, ...options })
+        : connectToAny(target.host, target.port, target.tls, options).then(async (socket) => {
+            if (target.tls) await connection.handshakeDone();
+            return socket;
+          });
     let timer: Timer | undefined;
     const expired = new Promise<never>((_, reject) => {
       if (deadline === Infinity) return;
@@ -178,14 +197,18 @@ class Pool {
   }
 }
 
-/** Connects to the first address of `host` that accepts, as Bun's fetch does. */
+/**
+ * Connects to the first address of `host` that accepts, as Bun's fetch does. With `tls`, the
+ * TLS handshake follows, which the Connection's handshakeDone() waits for.
+ */
 async function connectToAny(
   host: string,
   port: number,
+  tls: Http1Tls | undefined,
   options: { socket: SocketHandler<Connection>; data: Connection },
 ): Promise<Socket<Connection>> {
   return connectToFirst(await backendAddresses(host), (address) =>
-    Bun.connect({ hostname: address, port, ...options }),
+    Bun.connect({ hostname: address, port, ...(tls ? { tls } : {}), ...options }),
   );
 }
 
@@ -211,6 +234,8 @@ class Connection {
   private unsent: Uint8Array | undefined;
   private onDrained: (() => void) | undefined;
   private paused = false;
+  /** Settles when the TLS handshake of an https:// connection is done: rejected when it failed. */
+  private handshaken: PromiseWithResolvers<void> | undefined;
 
   constructor(private readonly pool: Pool) {}
 
@@ -261,6 +286,35 @@ class Connection {
     return new Promise((resolve) => (this.onDrained = resolve));
   }
 
+  /**
+   * Settles handshakeDone(). `success` is false when the certificate failed the check, even
+   * where it is accepted anyway, and `error` then gives the reason, such as
+   * DEPTH_ZERO_SELF_SIGNED_CERT.
+   */
+  handshake(success: boolean, error: Error | null): void {
+    const handshaken = this.expectHandshake();
+    if (success || this.pool.acceptsAnyCertificate) {
+      handshaken.resolve();
+      return;
+    }
+    handshaken.reject(error ?? new Error("the TLS handshake with the app failed"));
+    this.destroy();
+  }
+
+  /** Resolves once the TLS handshake succeeded, and rejects with the reason when it failed. */
+  handshakeDone(): Promise<void> {
+    return this.expectHandshake().promise;
+  }
+
+  private expectHandshake(): PromiseWithResolvers<void> {
+    if (!this.handshaken) {
+      this.handshaken = Promise.withResolvers<void>();
+      // After a connect timeout no caller waits for the handshake, and its failure is ignored.
+      this.handshaken.promise.catch(() => {});
+    }
+    return this.handshaken;
+  }
+
   receive(bytes: Buffer): void {
     if (this.exchange) this.exchange.receive(bytes);
     else this.destroy(); // bytes that no request is waiting for
@@ -279,6 +333,7 @@ class Connection {
   closed(error: Error | undefined): void {
     if (this.isClosed) return;
     this.isClosed = true;
+    this.handshaken?.reject(error ?? endOfStream());
     this.pool.forget(this);
     this.exchange?.fail(error ?? endOfStream());
     this.onDrained?.();

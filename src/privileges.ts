@@ -4,7 +4,6 @@ import { chown, lstat, mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { ProxyConfig } from "./config.ts";
 import { UserError, usageError } from "./errors.ts";
-import { ownArgv } from "./fetchlimit.ts";
 
 /** An account from the system's user database. */
 export interface Account {
@@ -136,4 +135,11 @@ async function chownTree(path: string, account: Account): Promise<void> {
   await chown(path, account.uid, account.gid);
   if (!stats.isDirectory()) return;
   for (const entry of await readdir(path)) await chownTree(join(path, entry), account);
+}
+
+/** Builds the argument vector that starts this program again with the same arguments, for setpriv. */
+function ownArgv(): string[] {
+  // In a compiled executable argv[1] is the embedded entry point, which Bun adds by itself.
+  const [first = process.execPath, entry = "", ...args] = process.argv;
+  return entry.startsWith("/$bunfs/") ? [first, ...args] : [first, entry, ...args];
 }

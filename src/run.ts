@@ -21,7 +21,6 @@ import { UserError } from "./errors.ts";
 import { withAccessLog } from "./accesslog.ts";
 import { withTargetCheck } from "./hostcheck.ts";
 import { createProxyHandler, type ProxyHandler } from "./proxy.ts";
-import { raiseFetchLimit } from "./fetchlimit.ts";
 import { leaveRoot } from "./privileges.ts";
 import { createRedirectHandler } from "./redirect.ts";
 import { scheduleRenewal, renewalTime } from "./renewal.ts";
@@ -44,8 +43,6 @@ import { mkdir } from "node:fs/promises";
  */
 export async function runProxy(config: Readonly<ProxyConfig>, log: ConsolaInstance): Promise<void> {
   checkRuntimeSupport(config);
-  // Only an https:// backend goes through fetch, whose limit may replace the process here.
-  if (config.upstream.origin.startsWith("https:")) raiseFetchLimit();
   // Started as root, this starts ssl-proxy again as the service user before anything is bound.
   const rootWarning = await leaveRoot(config);
   const usesAcme = config.domains.length > 0 && !config.certificateFiles;

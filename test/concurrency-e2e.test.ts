@@ -5,8 +5,8 @@ import { join } from "node:path";
 import { createSelfSignedCertificate } from "../src/certs.ts";
 import { PROXY_COMMANDS, makeTempDir, startProxy } from "./helpers.ts";
 
-// Bun's fetch, which carries requests to an https:// backend, runs 256 requests at a time
-// unless BUN_CONFIG_MAX_HTTP_REQUESTS sets another limit. http:// backends have their own client.
+// More than the 256 requests at a time that Bun's fetch runs by default, which a backend client
+// built on fetch would hold back.
 const CONCURRENT = 300;
 
 /** TLS settings for a backend over https, and the extra flags that make ssl-proxy trust it. */

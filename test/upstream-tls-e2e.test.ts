@@ -28,7 +28,10 @@ beforeAll(async () => {
     hostname: "::1",
     port: 0,
     tls: { cert: named.cert, key: named.key },
-    fetch: (req) => new Response(`localhost backend saw ${new URL(req.url).pathname}\n`),
+    fetch: (req, server) =>
+      new URL(req.url).pathname === "/port"
+        ? new Response(`${server.requestIP(req)?.port}\n`)
+        : new Response(`localhost backend saw ${new URL(req.url).pathname}\n`),
   });
 });
 
@@ -76,6 +79,31 @@ describe.each(PROXY_COMMANDS)("https:// backends ($name)", (command) => {
     expect(proxy.stderr()).toContain(
       "warning: -upstreamInsecure: the certificate of the https:// backend is not checked\n",
     );
+  });
+
+  test("-upstreamInsecure accepts a certificate for another name", async () => {
+    // The certificate names localhost, and the proxy connects to the address ::1.
+    const to = `https://[::1]:${namedBackend.port}`;
+    const proxy = await startProxy(command, ["-to", to, "-upstreamInsecure"]);
+
+    const result = await run(["curl", "-sk", `https://127.0.0.1:${proxy.port}/b`]);
+    await proxy.stop();
+
+    expect(result.stdout).toBe("localhost backend saw /b\n");
+  });
+
+  test("reuses one backend connection", async () => {
+    const to = `https://localhost:${namedBackend.port}`;
+    const proxy = await startProxy(command, ["-to", to, "-upstreamCA", namedBackendCA]);
+    const url = `https://127.0.0.1:${proxy.port}/port`;
+
+    const first = await run(["curl", "-sk", url]);
+    const second = await run(["curl", "-sk", url]);
+    await proxy.stop();
+
+    // The backend responds with the client port of the connection that carried the request.
+    expect(first.stdout).toMatch(/^\d+\n$/);
+    expect(second.stdout).toBe(first.stdout);
   });
 
   test.each(["/a", "//a"])("checks the name of a localhost backend on ::1 for %s", async (path) => {
