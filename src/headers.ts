@@ -57,6 +57,7 @@ export interface ClientConnection {
 /** Tells whether a comma-separated field value, such as Connection's, lists `option` in any case. */
 export function hasListOption(value: string | null, option: string): boolean {
   if (!value) return false;
+  if (value.length === option.length) return value.toLowerCase() === option;
   return value.split(",").some((item) => item.trim().toLowerCase() === option);
 }
 
@@ -96,8 +97,9 @@ export function forEachForwardedHeader(
         .map((name) => name.trim())
     : [];
   let forwardedFor: string | null = null;
-  for (const [name, value] of headers) {
-    if (isHopByHopHeader(name) || (named.length > 0 && named.includes(name))) continue;
+  // forEach allocates no entry array per header, as for...of does.
+  headers.forEach((value, name) => {
+    if (isHopByHopHeader(name) || (named.length > 0 && named.includes(name))) return;
     switch (name) {
       case "expect":
       case "x-forwarded-proto":
@@ -114,7 +116,7 @@ export function forEachForwardedHeader(
       default:
         add(name, value);
     }
-  }
+  });
   if (client.address !== undefined) {
     add("x-forwarded-for", forwardedFor ? `${forwardedFor}, ${client.address}` : client.address);
   } else if (forwardedFor !== null) {

@@ -8,7 +8,13 @@
 import type { Socket, SocketHandler } from "bun";
 import { Buffer } from "node:buffer";
 import { formatHostPort } from "./address.ts";
-import { hasListOption, isHopByHopHeader, removeNamedHeaders } from "./headers.ts";
+import { slowRequests, type SlowRequestWatch } from "./slowrequests.ts";
+import {
+  hasListOption,
+  HOP_BY_HOP_HEADERS,
+  isHopByHopHeader,
+  removeNamedHeaders,
+} from "./headers.ts";
 import {
   backendAddresses,
   connectToFirst,
@@ -60,6 +66,30 @@ const TOKEN_PATTERN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** A field value with no control character other than tab (RFC 9110 section 5.5). */
 const FIELD_VALUE_PATTERN = /^[\t\x20-\x7e\x80-\xff]*$/;
 const STATUS_LINE_PATTERN = /^HTTP\/1\.([01]) (\d{3})(?: [^\r\n]*)?$/;
+/** A Connection value that names no other header: only "keep-alive" or "close". */
+const PERSISTENCE_OPTION_PATTERN = /^[ \t]*(?:keep-alive|close)[ \t]*$/i;
+
+/**
+ * The lengths of the header names that parseHead looks at in lower case: the hop-by-hop ones
+ * and Content-Length. Other names are passed on as the backend wrote them.
+ */
+const LENGTHS_TO_LOWER_CASE: boolean[] = [];
+for (const name of [...HOP_BY_HOP_HEADERS, "content-length"])
+  LENGTHS_TO_LOWER_CASE[name.length] = true;
+
+/** Returns the field value of a header line from `start`, without the whitespace around it. */
+function fieldValue(line: string, start: number): string {
+  let from = start;
+  let to = line.length;
+  while (from < to && isOptionalWhitespace(line.charCodeAt(from))) from++;
+  while (to > from && isOptionalWhitespace(line.charCodeAt(to - 1))) to--;
+  return line.slice(from, to);
+}
+
+/** Tells whether a character code is a space or a tab, the OWS of RFC 9110 section 5.6.3. */
+function isOptionalWhitespace(code: number): boolean {
+  return code === 0x20 || code === 0x09;
+}
 
 /** Creates an upstream client that speaks HTTP/1.1 to `target` over pooled connections. */
 export function createHttp1Client(target: Http1Target): UpstreamClient {
@@ -252,10 +282,11 @@ class Connection {
     return new Promise<Response>((resolve, reject) => {
       const exchange = new Exchange(this, init, this.reused, resolve, reject);
       this.exchange = exchange;
-      if (deadline !== Infinity) {
-        exchange.timer = setTimeout(() => exchange.timeOut(), deadline - performance.now());
+      if (deadline - performance.now() < 2 * slowRequests.periodMs) {
+        exchange.watchClient(deadline);
+      } else {
+        exchange.slowWatch = slowRequests.watch(() => exchange.watchClient(deadline));
       }
-      init.signal.onabort = () => exchange.abort(init.signal.reason);
       if (init.body) {
         void exchange.sendBody(head, init.body, chunked);
       } else if (!this.write(head) && this.isClosed) {
@@ -405,7 +436,11 @@ function malformed(description: string): Error {
 /** One request and its response on a connection: the response parser and the body it feeds. */
 class Exchange {
   /** Fires when -upstreamTimeout passes before the response head arrived. */
-  timer: Timer | undefined;
+  private timer: Timer | undefined;
+  /** The watch that starts the timer and the abort listener once the exchange is slow. */
+  slowWatch: SlowRequestWatch | undefined;
+  /** Whether the exchange listens for the client's abort signal. */
+  private listening = false;
   private stage = Stage.Head;
   /** Bytes of an unfinished head, chunk-size line or trailer line. */
   private partial: Buffer = EMPTY;
@@ -575,9 +610,10 @@ class Exchange {
       const colon = line.indexOf(":");
       const name = colon > 0 ? line.slice(0, colon) : "";
       if (!TOKEN_PATTERN.test(name)) throw malformed("a malformed header line");
-      const value = line.slice(colon + 1).trim();
+      const value = fieldValue(line, colon + 1);
       if (!FIELD_VALUE_PATTERN.test(value)) throw malformed(`a control character in ${name}`);
-      const lower = name.toLowerCase();
+      // Lower-casing every name cost more than the rest of the loop, and only these need it.
+      const lower = LENGTHS_TO_LOWER_CASE[name.length] === true ? name.toLowerCase() : "";
       if (lower === "content-length") {
         if (!/^\d{1,15}$/.test(value) || (length !== undefined && length !== value)) {
           throw malformed("a malformed or doubled Content-Length");
@@ -587,12 +623,14 @@ class Exchange {
       } else if (lower === "transfer-encoding") {
         transferEncoding = transferEncoding === undefined ? value : `${transferEncoding}, ${value}`;
       } else if (lower === "connection") {
-        connectionOptions += `,${value}`;
+        connectionOptions = connectionOptions === "" ? value : `${connectionOptions},${value}`;
       }
-      if (!isHopByHopHeader(lower)) headers.append(name, value);
+      if (lower === "" || !isHopByHopHeader(lower)) headers.append(name, value);
     }
     // Connection may come after the headers it names, which are hop-by-hop too.
-    if (connectionOptions !== "") removeNamedHeaders(headers, connectionOptions);
+    if (connectionOptions !== "" && !PERSISTENCE_OPTION_PATTERN.test(connectionOptions)) {
+      removeNamedHeaders(headers, connectionOptions);
+    }
 
     const http10 = statusLine[1] === "0";
     if (hasListOption(connectionOptions, "close")) this.reusable = false;
@@ -672,9 +710,29 @@ class Exchange {
     this.end(this.reusable, true);
   }
 
+  /**
+   * Starts the timer for `deadline` (a performance.now() time, or Infinity for none) and listens
+   * for the client going away. Reading the request's signal creates it, so this waits for
+   * requests that are still waiting after a tick of slowRequests, except for short deadlines.
+   */
+  watchClient(deadline: number): void {
+    if (this.settled) return;
+    const { signal } = this.init;
+    if (signal.aborted) {
+      this.abort(signal.reason);
+      return;
+    }
+    signal.onabort = () => this.abort(signal.reason);
+    this.listening = true;
+    if (deadline !== Infinity) {
+      this.timer = setTimeout(() => this.timeOut(), deadline - performance.now());
+    }
+  }
+
   private settle(): void {
     this.settled = true;
-    this.init.signal.onabort = null;
+    if (this.slowWatch) this.slowWatch.onSlow = undefined;
+    if (this.listening) this.init.signal.onabort = null;
     clearTimeout(this.timer);
   }
 

@@ -52,7 +52,10 @@ export function createProxyHandler(options: ProxyOptions): ProxyHandler {
         method: req.method,
         forEachHeader,
         body: req.method === "GET" || req.method === "HEAD" ? null : req.body,
-        signal: req.signal,
+        // Bun creates a request's signal when it is first read, which most requests never need.
+        get signal() {
+          return req.signal;
+        },
         timeoutMs: upstreamTimeoutMs,
         onBrokenBody: (error) => logBrokenBody(req, target, error, log),
       });

@@ -5,7 +5,8 @@ import { createServer } from "node:net";
 import { formatHostPort, type ListenAddress } from "./address.ts";
 import type { CertificateBundle } from "./certs.ts";
 import { UserError } from "./errors.ts";
-import { hasListOption } from "./headers.ts";
+import { hasListOption, type ClientConnection } from "./headers.ts";
+import { slowRequests, type SlowRequestWatch } from "./slowrequests.ts";
 import type { ProxyHandler } from "./proxy.ts";
 import type { UpstreamTls } from "./upstream.ts";
 import { proxyWebSocket, WEBSOCKET_HANDLERS, type WebSocketSession } from "./websocket.ts";
@@ -74,47 +75,85 @@ export interface HttpsOptions {
   log: ConsolaInstance;
 }
 
+/** Settings of serveThroughProxy and createClientConnection. */
+export interface ServeOptions {
+  idleTimeoutSeconds: number;
+  hsts: boolean;
+  upstreamTimeoutMs: number;
+  upstreamTls: UpstreamTls;
+  upstreamSocket: string | undefined;
+  log: ConsolaInstance;
+}
+
+/**
+ * Describes the connection of a Bun.serve request for the proxy handler: the client's address
+ * `address`, the listener's port `localPort`, and the WebSocket upgrade.
+ */
+export function createClientConnection(
+  req: Request,
+  server: Server<WebSocketSession>,
+  address: string | undefined,
+  localPort: number,
+  options: ServeOptions,
+): ClientConnection {
+  return {
+    address,
+    localPort,
+    upgradeWebSocket: (url, headers) => proxyWebSocket(req, server, { url, headers, ...options }),
+  };
+}
+
+/**
+ * Shortest -idleTimeout, in seconds, for which switching off Bun's idle timer waits until a
+ * request is slow. Bun's timer fires a few seconds late or early (it counts in ticks of
+ * several seconds), so under this limit it is switched off as each request starts.
+ */
+const LAZY_IDLE_TIMER_SECONDS = 8;
+
 /**
  * Serves one request of a Bun.serve listener through the proxy handler, WebSocket upgrades
  * included. Bun's idle timer also runs while the handler waits for the backend, so it is off
- * until the response starts, and -upstreamTimeout bounds that wait instead. The setting stays
- * on the connection, so -idleTimeout is set again for the response and the idle time after it,
- * except for Server-Sent Events, whose streams may stay quiet for any time. Bun counts the new
- * limit from the last read, so after a wait over half the limit the connection would be cut
- * at once, and the timer then stays off.
+ * while a slow backend is awaited, and -upstreamTimeout bounds that wait instead. The setting
+ * stays on the connection, so -idleTimeout is set again for the response and the idle time
+ * after it, except for Server-Sent Events, whose streams may stay quiet for any time. Bun counts
+ * the new limit from the last read, so after a wait over half the limit the connection would be
+ * cut at once, and the timer then stays off.
  */
 export async function serveThroughProxy(
   req: Request,
   server: Server<WebSocketSession>,
   proxy: ProxyHandler,
-  connection: { address: string | undefined; localPort: number },
-  options: {
-    idleTimeoutSeconds: number;
-    hsts: boolean;
-    upstreamTimeoutMs: number;
-    upstreamTls: UpstreamTls;
-    upstreamSocket: string | undefined;
-    log: ConsolaInstance;
-  },
+  connection: ClientConnection,
+  options: ServeOptions,
 ): Promise<Response | undefined> {
-  server.timeout(req, 0);
+  const idle = options.idleTimeoutSeconds;
   const started = performance.now();
+  let timerOff = false;
+  const switchOffTimer = () => {
+    server.timeout(req, 0);
+    timerOff = true;
+  };
+  let watch: SlowRequestWatch | undefined;
+  if (idle >= LAZY_IDLE_TIMER_SECONDS) watch = slowRequests.watch(switchOffTimer);
+  else if (idle > 0) switchOffTimer();
   const closing = hasListOption(req.headers.get("connection"), "close");
-  const res = await proxy(req, {
-    ...connection,
-    upgradeWebSocket: (url, headers) => proxyWebSocket(req, server, { url, headers, ...options }),
-  });
+
+  let res: Response | undefined;
+  try {
+    res = await proxy(req, connection);
+  } finally {
+    if (watch) watch.onSlow = undefined;
+  }
   if (!res) return res;
+
   // Bun.serve 1.4.5 sends "Connection: close" and closes the connection after the response
   // only when the response carries the header (RFC 9112 section 9.6).
   if (closing) res.headers.set("connection", "close");
   if (options.hsts) addStrictTransportSecurity(res);
-  const idle = options.idleTimeoutSeconds;
-  if (
-    idle > 0 &&
-    performance.now() - started < idle * 500 &&
-    !res.headers.get("content-type")?.startsWith("text/event-stream")
-  ) {
+  if (idle === 0) return res;
+  if (res.headers.get("content-type")?.startsWith("text/event-stream")) {
+    server.timeout(req, 0);
+  } else if (timerOff && performance.now() - started < idle * 500) {
     server.timeout(req, idle);
   }
   return res;
@@ -146,8 +185,14 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
       maxRequestBodySize: options.maxBodyBytes > 0 ? options.maxBodyBytes : Number.MAX_SAFE_INTEGER,
       websocket: WEBSOCKET_HANDLERS,
       fetch(req, server) {
-        const localPort = server.port ?? port;
-        const connection = { address: server.requestIP(req)?.address, localPort };
+        const address = server.requestIP(req)?.address;
+        const connection = createClientConnection(
+          req,
+          server,
+          address,
+          server.port ?? port,
+          options,
+        );
         return serveThroughProxy(req, server, proxy, connection, options);
       },
       error(error) {

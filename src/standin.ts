@@ -5,7 +5,12 @@ import type { CertificateBundle } from "./certs.ts";
 import { ACME_TLS_PROTOCOL, type ChallengeStore } from "./challenges.ts";
 import type { ConsolaInstance } from "consola";
 import type { ProxyHandler } from "./proxy.ts";
-import { serveThroughProxy, TLS_CIPHERS } from "./server.ts";
+import {
+  createClientConnection,
+  serveThroughProxy,
+  TLS_CIPHERS,
+  type ServeOptions,
+} from "./server.ts";
 import { WEBSOCKET_HANDLERS } from "./websocket.ts";
 
 /**
@@ -23,7 +28,7 @@ export async function startStandInListener(
   bundle: CertificateBundle,
   store: ChallengeStore,
   proxy: ProxyHandler,
-  options: Parameters<typeof serveThroughProxy>[4] & { maxBodyBytes: number },
+  options: ServeOptions & { maxBodyBytes: number },
 ): Promise<{ close(): Promise<void> }> {
   // Each connection to the private server comes from this process, so the client's real address
   // is looked up by the local port of the piping connection.
@@ -38,7 +43,8 @@ export async function startStandInListener(
     fetch(req, server) {
       const peer = server.requestIP(req);
       const address = peer ? clients.get(peer.port) : undefined;
-      return serveThroughProxy(req, server, proxy, { address, localPort: listen.port }, options);
+      const connection = createClientConnection(req, server, address, listen.port, options);
+      return serveThroughProxy(req, server, proxy, connection, options);
     },
   });
 

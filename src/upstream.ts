@@ -12,8 +12,11 @@ export interface UpstreamRequestInit {
    */
   forEachHeader: (add: (name: string, value: string) => void) => void;
   body: ReadableStream<Uint8Array> | null;
-  /** The client's signal, which aborts when the client goes away. */
-  signal: AbortSignal;
+  /**
+   * The client's signal, which aborts when the client goes away. Read it only when needed,
+   * since reading it may create it.
+   */
+  readonly signal: AbortSignal;
   /** Maximum wait for the response head in ms, from -upstreamTimeout, or 0 for no limit. */
   timeoutMs: number;
   /**

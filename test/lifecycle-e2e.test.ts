@@ -29,6 +29,12 @@ beforeAll(() => {
           }),
         );
       }
+      if (url.pathname === "/silent") {
+        // Never answers; records when the proxy closes the request's connection.
+        const id = url.searchParams.get("id")!;
+        req.signal.addEventListener("abort", () => cancelled.add(id));
+        return new Promise<Response>(() => {});
+      }
       return new Response("hello", { headers: { "x-kind": "page" } });
     },
   });
@@ -103,6 +109,17 @@ describe.each(PROXY_COMMANDS)("request lifecycle ($name)", (command) => {
   test("client disconnect cancels the upstream", async () => {
     const id = crypto.randomUUID();
     const url = `https://127.0.0.1:${proxy.port}/endless?id=${id}`;
+
+    const result = await run(["curl", "-sk", "--max-time", "1", url]);
+    for (let waited = 0; !cancelled.has(id) && waited < 3000; waited += 50) await Bun.sleep(50);
+
+    expect(result.exitCode).toBe(28);
+    expect(cancelled.has(id)).toBe(true);
+  });
+
+  test("client disconnect cancels a waiting request", async () => {
+    const id = crypto.randomUUID();
+    const url = `https://127.0.0.1:${proxy.port}/silent?id=${id}`;
 
     const result = await run(["curl", "-sk", "--max-time", "1", url]);
     for (let waited = 0; !cancelled.has(id) && waited < 3000; waited += 50) await Bun.sleep(50);

@@ -61,6 +61,33 @@ describe.concurrent("-idleTimeout", () => {
     20_000,
   );
 
+  // From -idleTimeout 8s on, the idle timer is switched off only once a request is slow.
+  test.each(PROXY_COMMANDS)(
+    "waits for a backend slower than the limit ($name)",
+    async (command) => {
+      const backend = Bun.serve({
+        hostname: "127.0.0.1",
+        port: 0,
+        idleTimeout: 60,
+        fetch: async () => {
+          await Bun.sleep(14_000);
+          return new Response("late");
+        },
+      });
+      const proxy = await startProxy(command, ["-to", backend.url.href, "-idleTimeout", "8s"]);
+      try {
+        const result = await run(["curl", "-sSk", "-m", "30", `https://127.0.0.1:${proxy.port}/`]);
+
+        expect(result.exitCode).toBe(0);
+        expect(result.stdout).toBe("late");
+      } finally {
+        await proxy.stop();
+        backend.stop(true);
+      }
+    },
+    40_000,
+  );
+
   test.each(PROXY_COMMANDS)(
     "keeps a Server-Sent Events stream open through a longer pause ($name)",
     async (command) => {
