@@ -564,7 +564,11 @@ class Exchange {
   private takeBody(bytes: Buffer): Buffer {
     const take = Math.min(this.remaining, bytes.byteLength);
     this.remaining -= take;
-    this.deliver(take === bytes.byteLength ? bytes : bytes.subarray(0, take));
+    if (take === bytes.byteLength) {
+      this.deliver(bytes);
+      return EMPTY;
+    }
+    this.deliver(bytes.subarray(0, take));
     return bytes.subarray(take);
   }
 
@@ -593,7 +597,8 @@ class Exchange {
     }
     this.partial = EMPTY;
     const lines = joined.toString("latin1", 0, end).split("\r\n");
-    const rest = joined.subarray(end + 4);
+    // Buffer.subarray showed in profiles, and most heads end where the packet ends.
+    const rest = end + 4 === joined.byteLength ? EMPTY : joined.subarray(end + 4);
 
     const statusLine = STATUS_LINE_PATTERN.exec(lines[0]!);
     if (!statusLine) throw malformed("a malformed status line");
