@@ -169,8 +169,10 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
   // SO_REUSEPORT would let the bind succeed beside another program's reuse-port socket, so
   // first check with an exclusive bind that the port is free.
   await checkPortFree("-from", listen);
-  const serve = (bundle: CertificateBundle, port: number) =>
-    Bun.serve({
+  const serve = (bundle: CertificateBundle, port: number) => {
+    // Bun 1.4.5 reads server.port with a getsockname() call each time, so it is read once.
+    let boundPort = port;
+    const server: Server<WebSocketSession> = Bun.serve({
       hostname: listen.host,
       port,
       reusePort: true,
@@ -186,13 +188,7 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
       websocket: WEBSOCKET_HANDLERS,
       fetch(req, server) {
         const address = server.requestIP(req)?.address;
-        const connection = createClientConnection(
-          req,
-          server,
-          address,
-          server.port ?? port,
-          options,
-        );
+        const connection = createClientConnection(req, server, address, boundPort, options);
         return serveThroughProxy(req, server, proxy, connection, options);
       },
       error(error) {
@@ -200,6 +196,9 @@ export async function startHttpsListener(options: HttpsOptions): Promise<HttpsLi
         return new Response("Internal Server Error\n", { status: 500 });
       },
     });
+    boundPort = server.port ?? port;
+    return server;
+  };
 
   const first = bind("-from", listen, () => serve(options.bundle, listen.port));
   const port = first.port!;
