@@ -66,8 +66,11 @@ const TOKEN_PATTERN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** A field value with no control character other than tab (RFC 9110 section 5.5). */
 const FIELD_VALUE_PATTERN = /^[\t\x20-\x7e\x80-\xff]*$/;
 const STATUS_LINE_PATTERN = /^HTTP\/1\.([01]) (\d{3})(?: [^\r\n]*)?$/;
-/** A Connection value that names no other header: only "keep-alive" or "close". */
-const PERSISTENCE_OPTION_PATTERN = /^[ \t]*(?:keep-alive|close)[ \t]*$/i;
+/**
+ * A Connection value that names no header to remove: "keep-alive" alone, which is hop-by-hop
+ * itself. "close" is not here, because it would also name a header called Close.
+ */
+const KEEP_ALIVE_ONLY_PATTERN = /^[ \t]*keep-alive[ \t]*$/i;
 
 /**
  * The lengths of the header names that parseHead looks at in lower case: the hop-by-hop ones
@@ -617,7 +620,7 @@ class Exchange {
       if (!TOKEN_PATTERN.test(name)) throw malformed("a malformed header line");
       const value = fieldValue(line, colon + 1);
       if (!FIELD_VALUE_PATTERN.test(value)) throw malformed(`a control character in ${name}`);
-      // Lower-casing every name cost more than the rest of the loop, and only these need it.
+      // Lower-casing every name cost about as much as the rest of this loop, and only these need it.
       const lower = LENGTHS_TO_LOWER_CASE[name.length] === true ? name.toLowerCase() : "";
       if (lower === "content-length") {
         if (!/^\d{1,15}$/.test(value) || (length !== undefined && length !== value)) {
@@ -633,7 +636,7 @@ class Exchange {
       if (lower === "" || !isHopByHopHeader(lower)) headers.append(name, value);
     }
     // Connection may come after the headers it names, which are hop-by-hop too.
-    if (connectionOptions !== "" && !PERSISTENCE_OPTION_PATTERN.test(connectionOptions)) {
+    if (connectionOptions !== "" && !KEEP_ALIVE_ONLY_PATTERN.test(connectionOptions)) {
       removeNamedHeaders(headers, connectionOptions);
     }
 
@@ -716,9 +719,9 @@ class Exchange {
   }
 
   /**
-   * Starts the timer for `deadline` (a performance.now() time, or Infinity for none) and listens
-   * for the client going away. Reading the request's signal creates it, so this waits for
-   * requests that are still waiting after a tick of slowRequests, except for short deadlines.
+   * Starts the -upstreamTimeout timer for `deadline` (a performance.now() time, or Infinity)
+   * and listens for the client going away. Reading the request's signal creates it, so send()
+   * calls this through slowRequests unless the deadline is less than two ticks away.
    */
   watchClient(deadline: number): void {
     if (this.settled) return;

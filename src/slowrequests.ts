@@ -39,16 +39,23 @@ export class SlowRequestTimer {
     const due = this.older;
     this.older = this.recent;
     this.recent = [];
+    // A callback that throws must not keep the others of this tick from running.
+    const failures: unknown[] = [];
     for (const watch of due) {
       const onSlow = watch.onSlow;
       if (onSlow === undefined) continue;
       watch.onSlow = undefined;
-      onSlow();
+      try {
+        onSlow();
+      } catch (error) {
+        failures.push(error);
+      }
     }
     if (this.older.length === 0) {
       clearInterval(this.interval);
       this.interval = undefined;
     }
+    if (failures.length > 0) throw failures[0];
   }
 }
 

@@ -620,6 +620,36 @@ describe.each(PROXY_COMMANDS)("ssl-proxy ($name)", (command) => {
       expect(headerValues(reply.headers, "connection").join(",")).not.toContain("x-secret");
       expect(reply.body).toBe("ok");
     });
+
+    test("drops a header named Close with Connection: close", async () => {
+      const headers = ["Connection: close", "Close: secret"];
+      const backend = await launchRawBackend(() => httpResponse("200 OK", headers, "ok"));
+      const proxy = await launchProxy(command, ["-to", backend.url]);
+
+      const reply = await curl(proxyURL(proxy, "/"));
+
+      expect(onlyRequest(backend).requestLine).toBe("GET / HTTP/1.1");
+
+      expect(headerValues(reply.headers, "close")).toEqual([]);
+      expect(reply.body).toBe("ok");
+    });
+
+    test("trims only spaces and tabs around values", async () => {
+      const headers = ["X-Padded: \t one two \t", "X-Latin: caf\xe9\xa0"];
+      const backend = await launchRawBackend(() => httpResponse("200 OK", headers, "ok"));
+      const proxy = await launchProxy(command, ["-to", backend.url]);
+      const socket = await openTls(proxy.port);
+      const received = readUntilClose(socket);
+
+      socket.write("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+      const text = await received;
+
+      expect(onlyRequest(backend).requestLine).toBe("GET / HTTP/1.1");
+
+      expect(text).toMatch(/^x-padded: one two\r$/im);
+      // A no-break space (0xA0) is obs-text, part of the value (RFC 9110 section 5.5).
+      expect(text).toMatch(/^x-latin: caf\xe9\xa0\r$/im);
+    });
   });
 
   describe("streaming", () => {
