@@ -118,12 +118,25 @@ function failureResponse(error: unknown, context: FailureContext): Response {
     );
     return textResponse(504, "Gateway Timeout: the app behind ssl-proxy did not answer in time");
   }
+  if (isInvalidResponse(error)) {
+    log.error(`${request}: invalid response from ${upstream}: ${(error as Error).message}`);
+    return textResponse(
+      502,
+      "Bad Gateway: ssl-proxy could not get an answer from the app behind it",
+    );
+  }
   if (req.signal.aborted) {
     log.debug(`${request}: the client closed the connection before ${upstream} answered`);
     return textResponse(499, "Client Closed Request");
   }
   log.error(`${request}: cannot reach ${upstream}: ${describeConnectError(error)}`);
   return textResponse(502, "Bad Gateway: ssl-proxy could not get an answer from the app behind it");
+}
+
+/** Tells whether the upstream client rejected the backend's response as breaking HTTP's rules. */
+function isInvalidResponse(error: unknown): boolean {
+  const code = (error as { code?: string }).code;
+  return code === "ERR_INVALID_RESPONSE" || code === "ERR_INVALID_STATUS";
 }
 
 function logBrokenBody(req: Request, target: string, error: unknown, log: ConsolaInstance): void {

@@ -58,6 +58,18 @@ const BAD_ANSWERS: Record<string, (socket: Socket) => void> = {
     socket.end("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nokk"),
 };
 
+/** The BAD_ANSWERS that arrive whole but break HTTP/1.1's rules, as opposed to a broken connection. */
+const INVALID_ANSWERS = new Set([
+  "answers text garbage",
+  "answers binary garbage",
+  "answers a non-numeric status",
+  "answers status 099",
+  "answers status 600",
+  "answers status 1000",
+  "answers a header without colon",
+  "answers two Content-Lengths",
+]);
+
 const HANG = "hangs before answering";
 const BEHAVIOURS: Record<string, (socket: Socket) => void> = {
   ...CUT_RESPONSES,
@@ -179,6 +191,9 @@ describe.each(PROXY_COMMANDS)("backend faults ($name)", (command) => {
 
       expect(lines).toHaveLength(1);
       expect(lines[0]).toContain(`GET ${path}: `);
+      expect(lines[0]).toContain(
+        INVALID_ANSWERS.has(name) ? "invalid response from" : "cannot reach",
+      );
 
       expect(result.exitCode).toBe(0);
       expect(result.status).toBe(502);
