@@ -106,8 +106,8 @@ export function createClientConnection(
 /**
  * Shortest -idleTimeout, in seconds, for which switching off Bun's idle timer waits until a
  * request is slow, 100 to 200 ms after it started. Under this limit it is switched off as each
- * request starts. NOTE: a chosen margin, because Bun's timer counts in coarse ticks (closes come
- * up to about 4 s late in the -idleTimeout tests); shorter limits were not measured.
+ * request starts. NOTE: 8 s is a chosen margin, not a measured one. Bun's timer counts in
+ * coarse ticks, and the -idleTimeout tests see closes up to about 4 s late.
  */
 const LAZY_IDLE_TIMER_SECONDS = 8;
 

@@ -30,7 +30,7 @@ beforeAll(() => {
         );
       }
       if (url.pathname === "/silent") {
-        // Never answers; records when the proxy closes the request's connection.
+        // Never responds, and records when the proxy closes the request's connection.
         const id = url.searchParams.get("id")!;
         req.signal.addEventListener("abort", () => cancelled.add(id));
         return new Promise<Response>(() => {});
