@@ -77,9 +77,9 @@ export function isWebSocketUpgrade(req: Request): boolean {
 }
 
 /**
- * Calls `add` with each header the backend gets, in one pass over the client's `headers` (names
- * in lower case): all of them but the hop-by-hop ones, those named in Connection, Expect (the
- * front end has already sent "100 Continue" itself) and the client's X-Forwarded-* headers.
+ * Calls `add` with each header the backend gets, in one pass over the client's `headers`, with
+ * names in lower case. It leaves out the hop-by-hop headers, those named in Connection, Expect
+ * (the front end has already sent "100 Continue" itself) and the client's X-Forwarded-* headers.
  * Then come the de facto forwarding headers: X-Forwarded-For with the client appended, and
  * X-Forwarded-Proto, -Host and -Port of this connection.
  */

@@ -118,18 +118,14 @@ function failureResponse(error: unknown, context: FailureContext): Response {
     );
     return textResponse(504, "Gateway Timeout: the app behind ssl-proxy did not answer in time");
   }
-  if (isInvalidResponse(error)) {
-    log.error(`${request}: invalid response from ${upstream}: ${(error as Error).message}`);
-    return textResponse(
-      502,
-      "Bad Gateway: ssl-proxy could not get an answer from the app behind it",
-    );
-  }
   if (req.signal.aborted) {
     log.debug(`${request}: the client closed the connection before ${upstream} answered`);
     return textResponse(499, "Client Closed Request");
   }
-  log.error(`${request}: cannot reach ${upstream}: ${describeConnectError(error)}`);
+  const reason = isInvalidResponse(error)
+    ? `invalid response from ${upstream}: ${(error as Error).message}`
+    : `cannot reach ${upstream}: ${describeConnectError(error)}`;
+  log.error(`${request}: ${reason}`);
   return textResponse(502, "Bad Gateway: ssl-proxy could not get an answer from the app behind it");
 }
 
